@@ -1,0 +1,42 @@
+//! Records what the version block of a report says about this build: git revision and branch
+//! (when built from a checkout), the compiler's version and the build date. Never the user or
+//! host that built it.
+use std::process::Command;
+
+fn run(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn main() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let rust_version = run(&rustc, &["--version"])
+        .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string());
+    let revision = std::env::var("REPORTER_BUILD_REVISION")
+        .ok()
+        .or_else(|| run("git", &["rev-parse", "--short=10", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    let branch = std::env::var("REPORTER_BUILD_BRANCH")
+        .ok()
+        .or_else(|| run("git", &["rev-parse", "--abbrev-ref", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    let date = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| run("date", &["-u", "-d", &format!("@{s}"), "+%Y-%m-%dT%H:%M:%SZ"]))
+        .or_else(|| run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
+        .unwrap_or_default();
+    println!("cargo:rustc-env=REPORTER_RUST_VERSION={rust_version}");
+    println!("cargo:rustc-env=REPORTER_REVISION={revision}");
+    println!("cargo:rustc-env=REPORTER_BRANCH={branch}");
+    println!("cargo:rustc-env=REPORTER_BUILD_DATE={date}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
+    println!("cargo:rerun-if-env-changed=REPORTER_BUILD_REVISION");
+    println!("cargo:rerun-if-env-changed=REPORTER_BUILD_BRANCH");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+}

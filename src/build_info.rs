@@ -1,0 +1,49 @@
+//! The version block of reports and seeds: `{version, revision, branch, buildUser, buildDate,
+//! rustVersion}`. The reporter's own comes from build time; a service that embeds the library
+//! passes its own. `buildUser` is always empty here: it names a person or host in Tempo.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    pub version: String,
+    pub revision: String,
+    pub branch: String,
+    #[serde(rename = "buildUser")]
+    pub build_user: String,
+    #[serde(rename = "buildDate")]
+    pub build_date: String,
+    #[serde(rename = "rustVersion")]
+    pub rust_version: String,
+}
+
+impl BuildInfo {
+    /// This crate's own build.
+    pub fn reporter() -> Self {
+        BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: env!("REPORTER_REVISION").to_string(),
+            branch: env!("REPORTER_BRANCH").to_string(),
+            build_user: String::new(),
+            build_date: env!("REPORTER_BUILD_DATE").to_string(),
+            rust_version: env!("REPORTER_RUST_VERSION").to_string(),
+        }
+    }
+
+    /// A service's own version; the other fields default to unknown/empty.
+    pub fn service(version: impl Into<String>) -> Self {
+        BuildInfo {
+            version: version.into(),
+            revision: String::new(),
+            branch: String::new(),
+            build_user: String::new(),
+            build_date: String::new(),
+            rust_version: env!("REPORTER_RUST_VERSION").to_string(),
+        }
+    }
+}
+
+/// The `User-Agent` of the reporter's HTTP requests.
+pub fn user_agent() -> String {
+    format!("usage-reporter/{}", env!("CARGO_PKG_VERSION"))
+}

@@ -1,0 +1,197 @@
+//! The `reporter` command line: `run`, `seed show`, `lease show`.
+//!
+//! Parsing only; every command is a thin wrapper over the library. Each `run` flag can also be
+//! given as `REPORTER_<NAME>` in the environment. Exit status: 0 on success and clean shutdown,
+//! 2 for bad arguments (clap's own, bad URLs, bad store options), 1 with a one-line reason for
+//! anything else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::timefmt::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "reporter",
+    version,
+    about = "Anonymous usage reporting for a cluster of replicas sharing one bucket",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one replica: agree on the cluster seed, elect a leader, freeze and deliver reports,
+    /// serve this replica's live report.
+    Run(RunArgs),
+    /// Inspect the cluster seed.
+    Seed {
+        #[command(subcommand)]
+        command: ShowCommand,
+    },
+    /// Inspect the leader lease.
+    Lease {
+        #[command(subcommand)]
+        command: ShowCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShowCommand {
+    /// Print it and exit.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The shared bucket: a path, file:///abs/path, memory://, s3://bucket/prefix,
+    /// gs://bucket/prefix or az://container/prefix.
+    #[arg(long, env = "REPORTER_STORE", default_value = "./reporter-data")]
+    pub store: String,
+    /// A store client option (repeatable), such as aws_endpoint=http://127.0.0.1:9000 or
+    /// azure_storage_use_emulator=true. Credentials also come from AWS_*, GOOGLE_*, AZURE_*.
+    #[arg(
+        long = "store-option",
+        env = "REPORTER_STORE_OPTION",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        value_parser = parse_store_option
+    )]
+    pub store_options: Vec<(String, String)>,
+    /// Seed object name under the store prefix.
+    #[arg(long, env = "REPORTER_SEED_NAME", default_value = crate::seed::DEFAULT_SEED_NAME, value_parser = parse_seed_name)]
+    pub seed_name: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Local HTTP endpoint (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "REPORTER_LISTEN", default_value = "127.0.0.1:3200")]
+    pub listen: SocketAddr,
+    /// This replica's role, reported as `target`.
+    #[arg(long, env = "REPORTER_TARGET", default_value = "all")]
+    pub target: String,
+    /// Where the leader POSTs reports; without it reports stay in the bucket.
+    #[arg(long, env = "REPORTER_STATS_URL", value_parser = parse_stats_url)]
+    pub stats_url: Option<url::Url>,
+    /// Report period.
+    #[arg(long, env = "REPORTER_INTERVAL", default_value = "4h", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Leader lease duration.
+    #[arg(long, env = "REPORTER_LEASE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// How long after a slot the leader waits for replicas' reports before delivering.
+    #[arg(long, env = "REPORTER_COLLECT_DELAY", default_value = "1m", value_parser = parse_duration)]
+    pub collect_delay: Duration,
+    /// Static metric for this replica (repeatable); integers and floats stay numbers.
+    #[arg(long = "metric", env = "REPORTER_METRIC", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_metric)]
+    pub metrics: Vec<(String, serde_json::Value)>,
+    /// `false`: nothing touches the store or the network.
+    #[arg(long, env = "REPORTER_REPORTING_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub reporting_enabled: bool,
+    /// How often each replica checks that the seed is still there (restoring it if not).
+    #[arg(long, env = "REPORTER_SEED_CHECK", default_value = "15m", value_parser = parse_duration)]
+    pub seed_check: Duration,
+    /// Reports older than this are dropped undelivered (default: 6 intervals).
+    #[arg(long, env = "REPORTER_MAX_REPORT_AGE", value_parser = parse_duration)]
+    pub max_report_age: Option<Duration>,
+    /// How long delivered reports are kept in the bucket (default: 2 intervals).
+    #[arg(long, env = "REPORTER_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+}
+
+fn parse_store_option(s: &str) -> Result<(String, String), String> {
+    crate::store::parse_option(s).map_err(|e| e.to_string())
+}
+
+fn parse_seed_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with('/')
+        && s.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an object name (no empty, '.' or '..' parts)"))
+    }
+}
+
+fn parse_stats_url(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err("must be an http:// or https:// URL with a host".to_string()),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
+/// `KEY=VALUE`: integers and floats become JSON numbers, everything else a string.
+pub fn parse_metric(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    let value = if let Ok(i) = v.parse::<i64>() {
+        serde_json::Value::from(i)
+    } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+        serde_json::Value::from(f)
+    } else {
+        serde_json::Value::from(v)
+    };
+    Ok((k.to_string(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_keep_numbers_numbers() {
+        assert_eq!(parse_metric("a=1").unwrap().1, serde_json::json!(1));
+        assert_eq!(parse_metric("a=1.5").unwrap().1, serde_json::json!(1.5));
+        assert_eq!(parse_metric("a=x=y").unwrap().1, serde_json::json!("x=y"));
+        assert_eq!(parse_metric("a=NaN").unwrap().1, serde_json::json!("NaN"));
+        assert!(parse_metric("novalue").is_err());
+        assert!(parse_metric("=1").is_err());
+    }
+
+    #[test]
+    fn seed_names() {
+        assert!(parse_seed_name("cluster_seed.json").is_ok());
+        assert!(parse_seed_name("__mimir_cluster/mimir_cluster_seed.json").is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "."] {
+            assert!(parse_seed_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,518 @@
+//! Leader election through one lease object, `usage/lease.json`, kept by compare-and-swap.
+//!
+//! Modelled on Kubernetes client-go's leader election:
+//! - expiry is judged by each observer on its own monotonic clock, from when it last saw the
+//!   record change; the holder's timestamps are for people, never trusted;
+//! - the leader renews every `renew_period`, and stops acting as leader once `renew_deadline`
+//!   has passed since the start of its last successful renewal, which is shorter than the TTL
+//!   any observer waits, so two replicas never act as leader in the same instant;
+//! - `term` (a fencing number) grows on every change of holder, and every write carries a fresh
+//!   nonce, so identical bytes never repeat and a stale `If-Match` can never succeed;
+//! - a leader that shuts down releases the lease (`holder` empty), and followers take it at their
+//!   next poll without waiting out the TTL.
+//!
+//! Store requests per hour at the default `--lease-ttl 5m`: a follower polls every 4 min
+//! (15 GETs), the leader renews every 2 min (30 conditional PUTs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::store::{Store, StoreError, Version};
+use crate::timefmt;
+
+pub const LEASE_KEY: &str = "usage/lease.json";
+
+/// The lease object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The holder's instance ID; empty when released.
+    pub holder: String,
+    pub term: u64,
+    pub acquired_at: String,
+    pub renewed_at: String,
+    pub ttl_ms: u64,
+    pub nonce: String,
+}
+
+impl LeaseRecord {
+    pub fn parse(bytes: &[u8]) -> Option<LeaseRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The lease's timing, all derived from the TTL.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseConfig {
+    pub ttl: Duration,
+    /// A leader that has not renewed within this stops acting as leader.
+    pub renew_deadline: Duration,
+    /// How often the leader renews.
+    pub renew_period: Duration,
+    /// How often a follower reads the lease.
+    pub poll_period: Duration,
+    /// How soon a failed renewal is tried again.
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(ttl: Duration) -> Self {
+        LeaseConfig {
+            ttl,
+            renew_deadline: ttl * 2 / 3,
+            renew_period: ttl * 2 / 5,
+            poll_period: ttl * 4 / 5,
+            retry_period: ttl / 10,
+        }
+    }
+}
+
+/// A monotonic clock; tests give replicas skewed ones.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+fn tokio_clock() -> Clock {
+    Arc::new(Instant::now)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leading {
+    term: u64,
+    /// When the last successful write of the lease started, on our clock.
+    renewed: Instant,
+}
+
+/// One replica's side of the election.
+#[derive(Clone)]
+pub struct Leader {
+    store: Store,
+    cfg: LeaseConfig,
+    me: String,
+    health: Arc<Health>,
+    clock: Clock,
+    leading: watch::Sender<Option<Leading>>,
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader").field("me", &self.me).finish()
+    }
+}
+
+/// What the follower last saw, and when (on its own clock) it last changed.
+struct Observed {
+    version: Version,
+    record: Option<LeaseRecord>,
+    since: Instant,
+}
+
+impl Leader {
+    pub fn new(store: Store, cfg: LeaseConfig, me: String, health: Arc<Health>) -> Self {
+        Leader {
+            store,
+            cfg,
+            me,
+            health,
+            clock: tokio_clock(),
+            leading: watch::channel(None).0,
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn config(&self) -> LeaseConfig {
+        self.cfg
+    }
+
+    /// The term, if this replica may act as leader at this instant.
+    pub fn term(&self) -> Option<u64> {
+        let now = (self.clock)();
+        match *self.leading.borrow() {
+            Some(l) if now.saturating_duration_since(l.renewed) < self.cfg.renew_deadline => {
+                Some(l.term)
+            }
+            _ => None,
+        }
+    }
+
+    /// Notified whenever leadership is gained or lost.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        let (tx, rx) = watch::channel(self.term());
+        let mut inner = self.leading.subscribe();
+        tokio::spawn(async move {
+            while inner.changed().await.is_ok() {
+                let term = inner.borrow().map(|l| l.term);
+                if tx.send(term).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    fn set_leading(&self, l: Option<Leading>) {
+        let was = self.leading.borrow().map(|l| l.term);
+        self.leading.send_replace(l);
+        let now = l.map(|l| l.term);
+        if was != now {
+            match now {
+                Some(term) => tracing::info!(term, "became leader"),
+                None => tracing::info!("no longer leader"),
+            }
+        }
+        self.health.set_leader(l.is_some(), l.map_or(0, |l| l.term));
+    }
+
+    fn record(&self, term: u64, acquired_at: Option<&str>) -> LeaseRecord {
+        let now = timefmt::rfc3339_nano(&Utc::now());
+        LeaseRecord {
+            holder: self.me.clone(),
+            term,
+            acquired_at: acquired_at.map_or_else(|| now.clone(), str::to_string),
+            renewed_at: now,
+            ttl_ms: self.cfg.ttl.as_millis() as u64,
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Runs the election until `shutdown`; then releases the lease if held.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut observed: Option<Observed> = None;
+        let mut max_term = 0u64;
+        let mut last_error: Option<&'static str> = None;
+        loop {
+            let wait = match self.step(&mut observed, &mut max_term).await {
+                Ok(wait) => {
+                    if last_error.take().is_some() {
+                        tracing::info!("lease: store reachable again");
+                    }
+                    wait
+                }
+                Err(e) => {
+                    if last_error != Some(e.kind()) {
+                        tracing::warn!(error = %e, "lease: store call failed; retrying");
+                        last_error = Some(e.kind());
+                    }
+                    if self.leading.borrow().is_some() {
+                        self.cfg.retry_period
+                    } else {
+                        self.cfg.poll_period.min(self.cfg.retry_period * 2)
+                    }
+                }
+            };
+            // Step down at the deadline even while a retry is pending.
+            let stale = self.leading.borrow().filter(|_| self.term().is_none());
+            if let Some(l) = stale {
+                tracing::warn!(term = l.term, "lease not renewed within the renew deadline");
+                self.set_leading(None);
+                observed = None;
+            }
+            if crate::replica::sleep_or_stop(wait, &shutdown).await {
+                self.release(&observed).await;
+                return;
+            }
+        }
+    }
+
+    /// One round: renew if leading, else read and maybe acquire. Returns how long to wait.
+    async fn step(
+        &self,
+        observed: &mut Option<Observed>,
+        max_term: &mut u64,
+    ) -> Result<Duration, StoreError> {
+        let leading = *self.leading.borrow();
+        if let (Some(l), Some(obs)) = (leading, observed.as_ref()) {
+            let started = (self.clock)();
+            let acquired = obs.record.as_ref().map(|r| r.acquired_at.clone());
+            let record = self.record(l.term, acquired.as_deref());
+            match self.store.update(LEASE_KEY, record.bytes(), &obs.version).await {
+                Ok(version) => {
+                    *observed = Some(Observed {
+                        version,
+                        record: Some(record),
+                        since: started,
+                    });
+                    // Nobody wrote the lease since our last write, so nobody took over: we
+                    // may act until `started + renew_deadline`.
+                    self.set_leading(Some(Leading {
+                        term: l.term,
+                        renewed: started,
+                    }));
+                    return Ok(self.cfg.renew_period);
+                }
+                Err(e) if e.is_conflict() => {
+                    tracing::warn!(term = l.term, "lease taken over by another replica");
+                    self.set_leading(None);
+                    *observed = None;
+                    // Fall through to read the new holder.
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let started = (self.clock)();
+        let (version, record) = match self.store.get(LEASE_KEY).await {
+            Ok(obj) => (obj.version, LeaseRecord::parse(&obj.bytes)),
+            Err(StoreError::NotFound { .. }) => {
+                let record = self.record(*max_term + 1, None);
+                return match self.store.create(LEASE_KEY, record.bytes()).await {
+                    Ok(version) => {
+                        *max_term = record.term;
+                        self.take(observed, version, record, started);
+                        Ok(self.cfg.renew_period)
+                    }
+                    Err(e) if e.is_conflict() => Ok(self.cfg.retry_period),
+                    Err(e) => Err(e),
+                };
+            }
+            Err(StoreError::TooLarge { version, .. }) => (version, None),
+            Err(e) => return Err(e),
+        };
+        if let Some(r) = &record {
+            *max_term = (*max_term).max(r.term);
+        }
+        let changed = observed.as_ref().is_none_or(|o| o.version != version);
+        if changed {
+            *observed = Some(Observed {
+                version: version.clone(),
+                record: record.clone(),
+                since: started,
+            });
+        }
+        let since = observed.as_ref().map_or(started, |o| o.since);
+        let expired = started.saturating_duration_since(since) >= self.cfg.ttl;
+        let free = match &record {
+            None => {
+                if changed {
+                    tracing::warn!("lease object is corrupted; taking it over once it expires");
+                }
+                expired
+            }
+            Some(r) if r.holder.is_empty() => true,
+            // Still ours after we lost track (a failed renewal): a successful CAS proves nobody
+            // else wrote it since.
+            Some(r) if r.holder == self.me => true,
+            Some(_) => expired,
+        };
+        if !free {
+            return Ok(self.cfg.poll_period);
+        }
+        let record_new = self.record(*max_term + 1, None);
+        match self.store.update(LEASE_KEY, record_new.bytes(), &version).await {
+            Ok(version) => {
+                *max_term = record_new.term;
+                self.take(observed, version, record_new, started);
+                Ok(self.cfg.renew_period)
+            }
+            Err(e) if e.is_conflict() => {
+                *observed = None;
+                Ok(self.cfg.retry_period)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take(&self, observed: &mut Option<Observed>, version: Version, record: LeaseRecord, started: Instant) {
+        let term = record.term;
+        *observed = Some(Observed {
+            version,
+            record: Some(record),
+            since: started,
+        });
+        self.set_leading(Some(Leading {
+            term,
+            renewed: started,
+        }));
+    }
+
+    /// Hands the lease back so a follower takes it at its next poll.
+    async fn release(&self, observed: &Option<Observed>) {
+        let Some(l) = *self.leading.borrow() else {
+            return;
+        };
+        self.set_leading(None);
+        let Some(obs) = observed else {
+            return;
+        };
+        let mut record = self.record(l.term, None);
+        record.holder = String::new();
+        match self.store.update(LEASE_KEY, record.bytes(), &obs.version).await {
+            Ok(_) => tracing::info!(term = l.term, "released the leader lease"),
+            Err(e) => tracing::warn!(error = %e, "could not release the leader lease; it expires on its own"),
+        }
+    }
+}
+
+/// What `reporter lease show` prints.
+#[derive(Debug, Serialize)]
+pub struct LeaseView {
+    pub holder: String,
+    pub term: u64,
+    pub acquired_at: String,
+    pub renewed_at: String,
+    pub ttl_ms: u64,
+    /// Judged by the holder's own timestamps, which only a person should trust.
+    pub looks_expired: bool,
+    pub released: bool,
+}
+
+impl LeaseView {
+    pub fn of(record: &LeaseRecord) -> Self {
+        let renewed = timefmt::parse_rfc3339(&record.renewed_at);
+        let looks_expired = record.holder.is_empty()
+            || renewed.is_none_or(|r| {
+                (Utc::now() - r.to_utc())
+                    .to_std()
+                    .is_ok_and(|age| age > Duration::from_millis(record.ttl_ms))
+            });
+        LeaseView {
+            holder: record.holder.clone(),
+            term: record.term,
+            acquired_at: record.acquired_at.clone(),
+            renewed_at: record.renewed_at.clone(),
+            ttl_ms: record.ttl_ms,
+            looks_expired,
+            released: record.holder.is_empty(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    fn leader(store: &Store, ttl: Duration, clock: Clock) -> Leader {
+        Leader::new(
+            store.clone(),
+            LeaseConfig::new(ttl),
+            uuid::Uuid::new_v4().to_string(),
+            Arc::new(Health::default()),
+        )
+        .with_clock(clock)
+    }
+
+    /// A clock that runs at `rate` times real (tokio) time from a common origin.
+    fn skewed(origin: Instant, rate: f64) -> Clock {
+        Arc::new(move || {
+            let real = Instant::now().saturating_duration_since(origin);
+            origin + real.mul_f64(rate)
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_two_leaders_with_skewed_clocks_and_churn() {
+        let store = Store::memory();
+        let ttl = Duration::from_secs(10);
+        let origin = Instant::now();
+        let rates = [0.85, 0.95, 1.0, 1.05, 1.15];
+        let leaders: Vec<_> = rates.iter().map(|r| leader(&store, ttl, skewed(origin, *r))).collect();
+        let stops: Vec<_> = leaders.iter().map(|_| CancellationToken::new()).collect();
+        let mut tasks = Vec::new();
+        for (l, s) in leaders.iter().zip(&stops) {
+            let (l, s) = (l.clone(), s.clone());
+            tasks.push(tokio::spawn(async move { l.run(s).await }));
+        }
+        let violated = Arc::new(AtomicBool::new(false));
+        let ever_led = Arc::new(AtomicUsize::new(0));
+        let monitor = {
+            let leaders = leaders.clone();
+            let violated = violated.clone();
+            let ever_led = ever_led.clone();
+            tokio::spawn(async move {
+                for _ in 0..20_000 {
+                    let acting: Vec<_> = leaders.iter().filter_map(|l| l.term()).collect();
+                    if acting.len() > 1 {
+                        violated.store(true, Ordering::SeqCst);
+                    }
+                    if !acting.is_empty() {
+                        ever_led.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        // Kill (no release) the current leader a few times, and stop one cleanly.
+        for round in 0..3 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            if let Some(i) = leaders.iter().position(|l| l.term().is_some()) {
+                if round == 2 {
+                    stops[i].cancel();
+                } else {
+                    tasks[i].abort();
+                }
+            }
+        }
+        monitor.await.unwrap();
+        assert!(!violated.load(Ordering::SeqCst), "two replicas acted as leader at once");
+        assert!(ever_led.load(Ordering::SeqCst) > 10_000, "leadership was mostly vacant");
+        for s in &stops {
+            s.cancel();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clean_release_hands_over_at_the_next_poll() {
+        let store = Store::memory();
+        let ttl = Duration::from_secs(60);
+        let a = leader(&store, ttl, tokio_clock());
+        let b = leader(&store, ttl, tokio_clock());
+        let sa = CancellationToken::new();
+        let ta = tokio::spawn({
+            let (a, sa) = (a.clone(), sa.clone());
+            async move { a.run(sa).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(a.term(), Some(1));
+        let sb = CancellationToken::new();
+        tokio::spawn({
+            let (b, sb) = (b.clone(), sb.clone());
+            async move { b.run(sb).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(b.term(), None);
+        sa.cancel();
+        ta.await.unwrap();
+        let released = LeaseRecord::parse(&store.get(LEASE_KEY).await.unwrap().bytes).unwrap();
+        assert!(released.holder.is_empty());
+        // b polls every 48 s: it must lead before a TTL (60 s) would have run out.
+        tokio::time::sleep(LeaseConfig::new(ttl).poll_period + Duration::from_secs(1)).await;
+        assert_eq!(b.term(), Some(2));
+        sb.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_anyone_takes_over() {
+        let store = Store::memory();
+        let ttl = Duration::from_secs(30);
+        let a = leader(&store, ttl, tokio_clock());
+        let sa = CancellationToken::new();
+        tokio::spawn({
+            let (a, sa) = (a.clone(), sa.clone());
+            async move { a.run(sa).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(a.term(), Some(1));
+        // Someone corrupts the lease: a's renewals fail from now on.
+        let v = store.get(LEASE_KEY).await.unwrap().version;
+        store.update(LEASE_KEY, "garbage", &v).await.unwrap();
+        tokio::time::sleep(ttl).await;
+        assert_eq!(a.term(), None, "the old leader must stop acting");
+        // The corrupted lease is taken over once it expired on an observer's clock.
+        tokio::time::sleep(ttl * 2).await;
+        let r = LeaseRecord::parse(&store.get(LEASE_KEY).await.unwrap().bytes).unwrap();
+        assert!(r.term >= 2);
+        sa.cancel();
+    }
+}

@@ -1,0 +1,351 @@
+//! The report: one per replica per slot, in the contract's key order.
+//!
+//! [`ReportSource`] holds what a replica reports about itself (target, instance ID, version,
+//! static metrics, the metric registry, a CPU sampler) and builds either the live report that
+//! `/status/usage-stats` serves ([`ReportSource::live`], which changes nothing) or the frozen
+//! report of a slot ([`ReportSource::freeze`], which restarts counters and the CPU maximum).
+//!
+//! Privacy: a report carries only what is listed here. No hostname, address, user name, path
+//! or environment value is ever read into it; `buildUser` stays empty.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::build_info::BuildInfo;
+use crate::seed::Seed;
+use crate::slots;
+use crate::stats::Registry;
+use crate::timefmt;
+
+/// The JSON body sent for one replica and one slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    pub interval: String,
+    #[serde(rename = "intervalPeriod")]
+    pub interval_period: Value,
+    pub target: String,
+    #[serde(rename = "instanceID")]
+    pub instance_id: String,
+    pub version: BuildInfo,
+    pub os: String,
+    pub arch: String,
+    pub edition: String,
+    pub metrics: Map<String, Value>,
+}
+
+/// Go's names for the platform, which receivers built for Tempo's data expect.
+pub fn go_os() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    }
+}
+
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64",
+        other => other,
+    }
+}
+
+/// `intervalPeriod` in seconds: an integer when whole, as Go's receivers print it.
+fn seconds_value(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        json!(d.as_secs())
+    } else {
+        json!(d.as_secs_f64())
+    }
+}
+
+/// Highest process CPU use, in percent of one core, among the samples since the last freeze.
+#[derive(Debug)]
+pub struct CpuSampler {
+    last: Mutex<Option<(Instant, Duration)>>,
+    max_bits: AtomicU64,
+}
+
+impl Default for CpuSampler {
+    fn default() -> Self {
+        CpuSampler {
+            last: Mutex::new(process_cpu_time().map(|t| (Instant::now(), t))),
+            max_bits: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+}
+
+impl CpuSampler {
+    /// Takes one sample: CPU time used since the previous sample over wall time.
+    pub fn sample(&self) {
+        let Some(cpu) = process_cpu_time() else {
+            return;
+        };
+        let now = Instant::now();
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if let Some((t0, c0)) = *last {
+            let wall = now.saturating_duration_since(t0).as_secs_f64();
+            if wall > 0.0 {
+                let pct = cpu.saturating_sub(c0).as_secs_f64() / wall * 100.0;
+                let _ = self
+                    .max_bits
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                        (pct > f64::from_bits(bits)).then_some(pct.to_bits())
+                    });
+            }
+        }
+        *last = Some((now, cpu));
+    }
+
+    pub fn max(&self) -> f64 {
+        f64::from_bits(self.max_bits.load(Ordering::Relaxed))
+    }
+
+    fn take_max(&self) -> f64 {
+        f64::from_bits(self.max_bits.swap(0f64.to_bits(), Ordering::Relaxed))
+    }
+}
+
+/// User plus system CPU time of this process.
+pub fn process_cpu_time() -> Option<Duration> {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let micros = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    Some(Duration::from_micros(
+        micros(usage.ru_utime) + micros(usage.ru_stime),
+    ))
+}
+
+/// Threads of this process (Linux), from `/proc/self/stat`.
+fn num_threads() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; num_threads is field 20 overall.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// What the process can honestly say about its memory.
+fn memstats() -> Value {
+    match memory_stats::memory_stats() {
+        Some(m) => json!({"resident_bytes": m.physical_mem, "virtual_bytes": m.virtual_mem}),
+        None => json!({}),
+    }
+}
+
+/// Builds this replica's reports.
+#[derive(Debug)]
+pub struct ReportSource {
+    instance_id: Uuid,
+    target: String,
+    build: BuildInfo,
+    interval: Duration,
+    registry: Arc<Registry>,
+    static_metrics: Vec<(String, Value)>,
+    seed: RwLock<Option<Seed>>,
+    cpu: CpuSampler,
+}
+
+impl ReportSource {
+    pub fn new(
+        target: String,
+        build: BuildInfo,
+        interval: Duration,
+        registry: Arc<Registry>,
+        static_metrics: Vec<(String, Value)>,
+    ) -> Self {
+        ReportSource {
+            instance_id: Uuid::new_v4(),
+            target,
+            build,
+            interval,
+            registry,
+            static_metrics,
+            seed: RwLock::new(None),
+            cpu: CpuSampler::default(),
+        }
+    }
+
+    pub fn instance_id(&self) -> Uuid {
+        self.instance_id
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn cpu(&self) -> &CpuSampler {
+        &self.cpu
+    }
+
+    pub fn set_seed(&self, seed: Seed) {
+        if let Ok(mut s) = self.seed.write() {
+            *s = Some(seed);
+        }
+    }
+
+    pub fn seed(&self) -> Option<Seed> {
+        self.seed.read().ok().and_then(|s| s.clone())
+    }
+
+    fn metrics(&self, registered: Map<String, Value>, cpu_usage: f64) -> Map<String, Value> {
+        let mut m = Map::new();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        m.insert("num_cpu".into(), json!(cpus));
+        m.insert("memstats".into(), memstats());
+        if let Some(n) = num_threads() {
+            m.insert("num_threads".into(), json!(n));
+        }
+        m.insert("cpu_usage".into(), json!(cpu_usage));
+        for (k, v) in registered {
+            m.entry(k).or_insert(v);
+        }
+        for (k, v) in &self.static_metrics {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        m
+    }
+
+    fn build(&self, slot: Option<DateTime<Utc>>, metrics: Map<String, Value>) -> Report {
+        let seed = self.seed();
+        let (cluster_id, created_at, interval) = match (&seed, slot) {
+            (Some(seed), Some(slot)) => (
+                seed.uid().to_string(),
+                timefmt::rfc3339_nano(&seed.created_at()),
+                timefmt::rfc3339_nano(&timefmt::in_zone_of(slot, &seed.created_at())),
+            ),
+            _ => (
+                String::new(),
+                timefmt::GO_ZERO_TIME.to_string(),
+                timefmt::GO_ZERO_TIME.to_string(),
+            ),
+        };
+        Report {
+            cluster_id,
+            created_at,
+            interval,
+            interval_period: seconds_value(self.interval),
+            target: self.target.clone(),
+            instance_id: self.instance_id.to_string(),
+            version: self.build.clone(),
+            os: go_os().to_string(),
+            arch: go_arch().to_string(),
+            edition: "oss".to_string(),
+            metrics,
+        }
+    }
+
+    /// The report so far for the slot in progress. Changes nothing.
+    pub fn live(&self, now: DateTime<Utc>) -> Report {
+        let slot = self
+            .seed()
+            .and_then(|s| slots::next_slot(&s.created_at(), now, self.interval));
+        let metrics = self.metrics(self.registry.snapshot(), self.cpu.max());
+        self.build(slot, metrics)
+    }
+
+    /// The report of `slot`, which ends now: counters and the CPU maximum restart.
+    pub fn freeze(&self, slot: DateTime<Utc>) -> Report {
+        let registered = self.registry.freeze(Instant::now());
+        let metrics = self.metrics(registered, self.cpu.take_max());
+        self.build(Some(slot), metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> ReportSource {
+        ReportSource::new(
+            "ingester".into(),
+            BuildInfo::reporter(),
+            Duration::from_secs(4 * 3600),
+            Arc::new(Registry::new()),
+            vec![("region_count".into(), json!(3))],
+        )
+    }
+
+    #[test]
+    fn keys_in_contract_order() {
+        let r = serde_json::to_value(source().live(Utc::now())).unwrap();
+        let keys: Vec<_> = r.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "clusterID",
+                "createdAt",
+                "interval",
+                "intervalPeriod",
+                "target",
+                "instanceID",
+                "version",
+                "os",
+                "arch",
+                "edition",
+                "metrics"
+            ]
+        );
+        let v: Vec<_> = r["version"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            v,
+            ["version", "revision", "branch", "buildUser", "buildDate", "rustVersion"]
+        );
+        assert_eq!(r["intervalPeriod"], json!(14400));
+        assert_eq!(r["clusterID"], json!(""));
+        assert_eq!(r["createdAt"], json!(timefmt::GO_ZERO_TIME));
+        let m: Vec<_> = r["metrics"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(&m[..2], ["num_cpu", "memstats"]);
+        assert_eq!(m.last().unwrap(), "region_count");
+    }
+
+    #[test]
+    fn live_report_follows_the_seed() {
+        let s = source();
+        let seed = Seed::parse(
+            br#"{"UID":"3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e","created_at":"2024-01-01T02:00:00+02:00"}"#,
+        )
+        .unwrap();
+        s.set_seed(seed);
+        let now = timefmt::parse_rfc3339("2024-01-02T01:00:00Z").unwrap().to_utc();
+        let r = s.live(now);
+        assert_eq!(r.cluster_id, "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e");
+        assert_eq!(r.created_at, "2024-01-01T02:00:00+02:00");
+        // Slots every 4 h from 2024-01-01T00:00Z: the one in progress at 01:00Z is 04:00Z.
+        assert_eq!(r.interval, "2024-01-02T06:00:00+02:00");
+    }
+
+    #[test]
+    fn cpu_sampler_sees_work() {
+        let c = CpuSampler::default();
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        c.sample();
+        assert!(x > 0);
+        assert!(c.max() > 0.0, "{}", c.max());
+        assert!(c.take_max() > 0.0);
+        assert_eq!(c.max(), 0.0);
+    }
+}

@@ -1,0 +1,206 @@
+//! object_store's clients (memory, S3, GCS, Azure) behind the [`Backend`] trait.
+//!
+//! The conditional writes map onto `PutMode::Create` and `PutMode::Update`. Both the `e_tag`
+//! and the `version` of the last read are kept, since GCS compares generations and S3 and Azure
+//! compare ETags. Reads stream the body and stop past the size limit, so a huge foreign object
+//! costs no more memory than the limit.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+
+use super::{redact, Backend, Object, StoreError, Version};
+
+#[derive(Debug, Clone)]
+pub struct CloudStore {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    description: String,
+}
+
+impl CloudStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: Path, description: String) -> Self {
+        CloudStore {
+            inner,
+            prefix,
+            description,
+        }
+    }
+
+    pub fn memory() -> Self {
+        CloudStore::new(
+            Arc::new(InMemory::new()),
+            Path::default(),
+            "memory://".to_string(),
+        )
+    }
+
+    fn path_of(&self, key: &str) -> Path {
+        key.split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.prefix.clone(), |p, s| p.join(s))
+    }
+
+    fn relative(&self, path: &Path) -> Option<String> {
+        let parts: Vec<String> = path
+            .prefix_match(&self.prefix)?
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        Some(parts.join("/"))
+    }
+}
+
+fn map_err(key: &str, e: object_store::Error) -> StoreError {
+    let key = key.to_string();
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound { key },
+        object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists { key },
+        object_store::Error::Precondition { .. } => StoreError::Precondition { key },
+        object_store::Error::NotImplemented { operation, .. } => StoreError::NotSupported {
+            key,
+            what: operation,
+        },
+        object_store::Error::NotSupported { source } => StoreError::NotSupported {
+            key,
+            what: redact(&source.to_string()),
+        },
+        object_store::Error::PermissionDenied { source, .. }
+        | object_store::Error::Unauthenticated { source, .. } => StoreError::PermissionDenied {
+            key,
+            message: redact(&source.to_string()),
+        },
+        other => StoreError::Other {
+            key,
+            message: redact(&error_chain(&other)),
+        },
+    }
+}
+
+/// The error and its sources on one line: object_store's top-level messages alone often say
+/// only "Generic S3 error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message.replace('\n', " ")
+}
+
+fn version_of(e_tag: Option<String>, version: Option<String>) -> Version {
+    Version { e_tag, version }
+}
+
+#[async_trait]
+impl Backend for CloudStore {
+    async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
+        let result = self
+            .inner
+            .get_opts(&self.path_of(key), GetOptions::default())
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let version = version_of(result.meta.e_tag.clone(), result.meta.version.clone());
+        if result.meta.size > limit as u64 {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                limit,
+                version,
+            });
+        }
+        let mut stream = result.into_stream();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| map_err(key, e))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(StoreError::TooLarge {
+                    key: key.to_string(),
+                    limit,
+                    version,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Object {
+            bytes: buf.freeze(),
+            version,
+        })
+    }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+        let result = self
+            .inner
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(version_of(result.e_tag, result.version))
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        expected: &Version,
+    ) -> Result<Version, StoreError> {
+        let mode = PutMode::Update(UpdateVersion {
+            e_tag: expected.e_tag.clone(),
+            version: expected.version.clone(),
+        });
+        let result = self
+            .inner
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from(bytes),
+                PutOptions::from(mode),
+            )
+            .await
+            .map_err(|e| match map_err(key, e) {
+                // Any 409 surfaces as AlreadyExists: on an update it is a lost race.
+                StoreError::AlreadyExists { key } | StoreError::NotFound { key } => {
+                    StoreError::Precondition { key }
+                }
+                other => other,
+            })?;
+        Ok(version_of(result.e_tag, result.version))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.path_of(prefix);
+        let mut stream = self.inner.list(Some(&dir));
+        let mut keys = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| map_err(prefix, e))?;
+            if let Some(rel) = self.relative(&meta.location) {
+                keys.push(rel);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key);
+        // Most object stores answer a delete of a missing key with success; ask first only
+        // when the caller needs to know, which the reporter never does.
+        self.inner.delete(&path).await.map_err(|e| map_err(key, e))
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}

@@ -1,0 +1,313 @@
+//! A plain directory as a bucket, with compare-and-swap that is safe across processes.
+//!
+//! object_store's `LocalFileSystem` can create-if-absent but refuses compare-and-swap, so the
+//! reporter keeps local directories itself:
+//! - every write goes to a temporary file in the target's directory, is synced, then appears
+//!   under its name in one atomic step, so a reader never sees half an object;
+//! - `create` publishes with `hard_link`, which fails if the name exists: one winner;
+//! - `update` holds an exclusive `flock` on `<root>/.usage-reporter.lock`, compares the current
+//!   content's tag with the expected one, and publishes with `rename`;
+//! - the version tag is a hash of the content (length and FNV-1a), not inode and mtime, which
+//!   the kernel reuses and rounds. Every record the reporter updates carries a nonce, so equal
+//!   tags mean equal bytes.
+//!
+//! Temporary and lock files start with `.` and are never listed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Backend, Object, StoreError, Version};
+
+const LOCK_FILE: &str = ".usage-reporter.lock";
+
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    /// A store rooted at `root` (made absolute; created on the first write).
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()?.join(root)
+        };
+        // Drop `.` parts so logs show a clean path; `..` stays, as symlinks make it meaningful.
+        let root = root
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        Ok(LocalDir { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let mut path = self.root.clone();
+        for segment in key.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(StoreError::Other {
+                    key: key.to_string(),
+                    message: "invalid key".to_string(),
+                });
+            }
+            path.push(segment);
+        }
+        Ok(path)
+    }
+}
+
+/// The content tag: length and 64-bit FNV-1a of the bytes, computed as they stream by.
+#[derive(Clone, Copy)]
+struct Tagger {
+    hash: u64,
+    len: u64,
+}
+
+impl Tagger {
+    fn new() -> Self {
+        Tagger {
+            hash: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+        }
+    }
+    fn feed(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.hash ^= u64::from(*b);
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.len += bytes.len() as u64;
+    }
+    fn version(&self) -> Version {
+        Version {
+            e_tag: Some(format!("{:x}-{:016x}", self.len, self.hash)),
+            version: None,
+        }
+    }
+}
+
+fn tagged(bytes: &[u8]) -> Version {
+    let mut t = Tagger::new();
+    t.feed(bytes);
+    t.version()
+}
+
+fn map_io(key: &str, e: io::Error) -> StoreError {
+    let key = key.to_string();
+    match e.kind() {
+        io::ErrorKind::NotFound => StoreError::NotFound { key },
+        io::ErrorKind::AlreadyExists => StoreError::AlreadyExists { key },
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            StoreError::PermissionDenied {
+                key,
+                message: e.to_string(),
+            }
+        }
+        _ => StoreError::Other {
+            key,
+            message: e.to_string(),
+        },
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    key: &str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Other {
+                key: key.to_string(),
+                message: format!("local store task failed: {e}"),
+            })
+        })
+}
+
+/// Reads up to `limit` bytes; past that, keeps hashing (bounded memory) so the caller still
+/// learns the object's version.
+fn read_limited(key: &str, path: &Path, limit: usize) -> Result<Object, StoreError> {
+    let mut file = File::open(path).map_err(|e| map_io(key, e))?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(StoreError::Other {
+            key: key.to_string(),
+            message: "is a directory, not an object".to_string(),
+        });
+    }
+    let mut kept = Vec::new();
+    let mut tagger = Tagger::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(map_io(key, e)),
+        };
+        tagger.feed(&chunk[..n]);
+        if kept.len() <= limit {
+            kept.extend_from_slice(&chunk[..n]);
+        }
+    }
+    if tagger.len > limit as u64 {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            limit,
+            version: tagger.version(),
+        });
+    }
+    Ok(Object {
+        bytes: Bytes::from(kept),
+        version: tagger.version(),
+    })
+}
+
+/// Writes `bytes` to a fresh hidden file beside `target` and syncs it.
+fn write_temp(key: &str, target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    let dir = target.parent().ok_or_else(|| StoreError::Other {
+        key: key.to_string(),
+        message: "no parent directory".to_string(),
+    })?;
+    fs::create_dir_all(dir).map_err(|e| map_io(key, e))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    match result {
+        Ok(()) => Ok(temp),
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            Err(map_io(key, e))
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for LocalDir {
+    async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
+        let path = self.path_of(key)?;
+        let k = key.to_string();
+        blocking(key, move || read_limited(&k, &path, limit)).await
+    }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+        let path = self.path_of(key)?;
+        let k = key.to_string();
+        blocking(key, move || {
+            let temp = write_temp(&k, &path, &bytes)?;
+            let linked = fs::hard_link(&temp, &path);
+            let _ = fs::remove_file(&temp);
+            linked.map_err(|e| map_io(&k, e))?;
+            Ok(tagged(&bytes))
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        expected: &Version,
+    ) -> Result<Version, StoreError> {
+        let path = self.path_of(key)?;
+        let lock_path = self.root.join(LOCK_FILE);
+        let k = key.to_string();
+        let expected = expected.clone();
+        blocking(key, move || {
+            fs::create_dir_all(lock_path.parent().unwrap_or(Path::new("/")))
+                .map_err(|e| map_io(&k, e))?;
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| map_io(&k, e))?;
+            lock.lock().map_err(|e| map_io(&k, e))?;
+            let current = match read_limited(&k, &path, 0) {
+                Ok(current) => current.version,
+                Err(StoreError::TooLarge { version, .. }) => version,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(StoreError::Precondition { key: k });
+                }
+                Err(e) => return Err(e),
+            };
+            if current.e_tag != expected.e_tag {
+                return Err(StoreError::Precondition { key: k });
+            }
+            let temp = write_temp(&k, &path, &bytes)?;
+            if let Err(e) = fs::rename(&temp, &path) {
+                let _ = fs::remove_file(&temp);
+                return Err(map_io(&k, e));
+            }
+            drop(lock);
+            Ok(tagged(&bytes))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.path_of(prefix.trim_end_matches('/'))?;
+        let root = self.root.clone();
+        let k = prefix.to_string();
+        blocking(prefix, move || {
+            let mut keys = Vec::new();
+            let mut stack = vec![dir];
+            while let Some(dir) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(map_io(&k, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| map_io(&k, e))?;
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let file_type = entry.file_type().map_err(|e| map_io(&k, e))?;
+                    if file_type.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(rel) = path.strip_prefix(&root) {
+                        let parts: Vec<_> = rel
+                            .components()
+                            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                            .collect();
+                        keys.push(parts.join("/"));
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let k = key.to_string();
+        blocking(key, move || fs::remove_file(&path).map_err(|e| map_io(&k, e))).await
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}

@@ -1,0 +1,279 @@
+//! The shared bucket.
+//!
+//! Every replica reads and writes one bucket. This module owns how: a small [`Backend`] trait
+//! with the five calls the reporter needs (`get`, `create`, `update`, `list`, `delete`), two
+//! backends behind it ([`local::LocalDir`] for plain directories, [`cloud::CloudStore`] for
+//! object_store's memory, S3, GCS and Azure clients), and [`Store`], the handle the rest of the
+//! crate uses, which adds a deadline to every call and counts requests by operation and outcome.
+//!
+//! The two conditional writes the cluster's agreement rests on:
+//! - `create`: create-if-absent; exactly one of many racers succeeds.
+//! - `update`: compare-and-swap against the [`Version`] returned by the last `get`.
+//!
+//! Keys are relative to the store prefix and use `/` between segments.
+
+pub mod cloud;
+pub mod local;
+pub mod selftest;
+mod open;
+
+pub use open::{open, parse_option, OpenError};
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::health::Health;
+
+/// The largest object the reporter reads; anything bigger is foreign or corrupted.
+pub const MAX_OBJECT_BYTES: usize = 1 << 20;
+
+/// What a compare-and-swap compares: S3 and Azure compare `e_tag`, GCS `version`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Version {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// An object's bytes and the version they were read at.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub bytes: Bytes,
+    pub version: Version,
+}
+
+/// What went wrong with a store call. Only `NotFound`, `AlreadyExists` and `Precondition` are
+/// answers about the object; every other variant says nothing about its content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key}: not found")]
+    NotFound { key: String },
+    #[error("{key}: already exists")]
+    AlreadyExists { key: String },
+    #[error("{key}: changed since it was read")]
+    Precondition { key: String },
+    /// Carries the version seen, so an oversized object can still be replaced by CAS.
+    #[error("{key}: larger than {limit} bytes")]
+    TooLarge {
+        key: String,
+        limit: usize,
+        version: Version,
+    },
+    #[error("{key}: permission denied: {message}")]
+    PermissionDenied { key: String, message: String },
+    #[error("{key}: the store does not support {what}")]
+    NotSupported { key: String, what: String },
+    #[error("{key}: {op} did not finish within {timeout:?}")]
+    Timeout {
+        key: String,
+        op: &'static str,
+        timeout: Duration,
+    },
+    #[error("{key}: {message}")]
+    Other { key: String, message: String },
+}
+
+impl StoreError {
+    /// Short label for metrics and state-change logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::AlreadyExists { .. } => "already_exists",
+            StoreError::Precondition { .. } => "precondition",
+            StoreError::TooLarge { .. } => "too_large",
+            StoreError::PermissionDenied { .. } => "permission_denied",
+            StoreError::NotSupported { .. } => "not_supported",
+            StoreError::Timeout { .. } => "timeout",
+            StoreError::Other { .. } => "error",
+        }
+    }
+
+    /// A lost race: the object is not what the caller last saw.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AlreadyExists { .. }
+                | StoreError::Precondition { .. }
+                | StoreError::NotFound { .. }
+        )
+    }
+}
+
+/// The calls a backend must answer. Implementations never log; [`Store`] does the accounting.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Reads a whole object, failing with `TooLarge` past `limit` bytes.
+    async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError>;
+    /// Writes `bytes` only if no object exists at `key`.
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError>;
+    /// Writes `bytes` only if the object is still at `expected`.
+    async fn update(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        expected: &Version,
+    ) -> Result<Version, StoreError>;
+    /// Keys under `prefix` (a directory-like key), relative to the store prefix.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Removes an object; `NotFound` when it was not there.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Where this backend points, for logs: scheme, bucket and prefix, never credentials.
+    fn describe(&self) -> String;
+}
+
+/// The handle the crate uses: a backend, a deadline for every call, and request accounting.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    timeout: Duration,
+    health: Arc<Health>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend.describe())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Default deadline of one store call, retries inside the client included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Store {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Store {
+            backend,
+            timeout: DEFAULT_TIMEOUT,
+            health: Arc::new(Health::default()),
+        }
+    }
+
+    /// An in-memory store, for tests and `memory://`.
+    pub fn memory() -> Self {
+        Store::new(Arc::new(cloud::CloudStore::memory()))
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout {
+                key: key.to_string(),
+                op,
+                timeout: self.timeout,
+            }),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.health.store_request(op, outcome);
+        result
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Object, StoreError> {
+        self.get_limited(key, MAX_OBJECT_BYTES).await
+    }
+
+    pub async fn get_limited(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
+        self.call("get", key, self.backend.get(key, limit)).await
+    }
+
+    pub async fn create(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Version, StoreError> {
+        self.call("create", key, self.backend.create(key, bytes.into()))
+            .await
+    }
+
+    pub async fn update(
+        &self,
+        key: &str,
+        bytes: impl Into<Bytes>,
+        expected: &Version,
+    ) -> Result<Version, StoreError> {
+        self.call("update", key, self.backend.update(key, bytes.into(), expected))
+            .await
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.call("list", prefix, self.backend.list(prefix)).await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.call("delete", key, self.backend.delete(key)).await
+    }
+}
+
+/// Removes anything that looks like a query string or credentials from a message that may
+/// quote a URL (presigned URLs and SAS tokens carry secrets in the query).
+pub(crate) fn redact(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            if !word.contains("://") {
+                return word.to_string();
+            }
+            let mut w = word.to_string();
+            if let Some(q) = w.find('?') {
+                w.truncate(q);
+                w.push_str("?<redacted>");
+            }
+            // user:password@host
+            if let Some(scheme_end) = w.find("://") {
+                let rest = &w[scheme_end + 3..];
+                let host_end = rest.find('/').unwrap_or(rest.len());
+                if let Some(at) = rest[..host_end].rfind('@') {
+                    w = format!("{}<redacted>@{}", &w[..scheme_end + 3], &rest[at + 1..]);
+                }
+            }
+            w
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_strips_queries_and_userinfo() {
+        let m = redact("error sending request for url (https://acct.blob/c/k?sig=SECRET&se=1) oops");
+        assert!(!m.contains("SECRET"), "{m}");
+        assert!(m.contains("https://acct.blob/c/k?<redacted>"), "{m}");
+        let m = redact("GET http://user:pw@127.0.0.1:9/x failed");
+        assert!(!m.contains("pw"), "{m}");
+        assert!(m.contains("http://<redacted>@127.0.0.1:9/x"), "{m}");
+        assert_eq!(redact("plain words"), "plain words");
+    }
+}

@@ -1,0 +1,228 @@
+//! From `--store` and `--store-option` to a [`Store`].
+//!
+//! Accepted: a plain path (relative or absolute), `file:///abs/path`, `memory://`,
+//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` (and the other Azure
+//! and S3 URL forms object_store knows). Cloud clients take their settings, in this order, from
+//! our defaults (10 s request timeout, few client retries), the standard `AWS_*`, `GOOGLE_*` and
+//! `AZURE_*` environment variables, and `--store-option key=value`, each overriding the one
+//! before. An unknown `--store-option` key is an error; values are never echoed, since they are
+//! often secrets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::{BackoffConfig, ObjectStoreScheme, RetryConfig};
+use url::Url;
+
+use super::cloud::CloudStore;
+use super::local::LocalDir;
+use super::Store;
+
+/// Why a store could not be opened. Always a problem with the arguments or environment.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("--store is empty")]
+    Empty,
+    #[error("--store {url:?} is not a valid URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("--store scheme {scheme:?} is not supported; use a path, file://, memory://, s3://, gs:// or az://")]
+    UnsupportedScheme { scheme: String },
+    #[error("--store-option {key:?} is not a known option for {scheme} stores")]
+    UnknownOption { key: String, scheme: &'static str },
+    #[error("--store-option {0:?} must look like key=value")]
+    BadOption(String),
+    #[error("--store-option {0:?} has no effect on local directories or memory://")]
+    OptionForLocal(String),
+    #[error("cannot configure the {scheme} store: {reason}")]
+    Build {
+        scheme: &'static str,
+        reason: String,
+    },
+    #[error("cannot resolve the store path: {0}")]
+    Path(String),
+}
+
+/// Splits `key=value`.
+pub fn parse_option(s: &str) -> Result<(String, String), OpenError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => {
+            Ok((k.trim().to_ascii_lowercase(), v.to_string()))
+        }
+        _ => Err(OpenError::BadOption(s.to_string())),
+    }
+}
+
+fn client_retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(8),
+    }
+}
+
+fn env_options(prefix: &str) -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+/// Applies defaults, then environment (unknown keys skipped), then explicit options (unknown
+/// keys refused) to an object_store builder.
+macro_rules! configure {
+    ($builder:expr, $key:ty, $scheme:expr, $env:expr, $url:expr, $options:expr) => {{
+        let mut builder = $builder.with_url($url).with_retry(client_retry());
+        for (k, v) in [("timeout", "10s"), ("connect_timeout", "5s")] {
+            if let Ok(key) = k.parse::<$key>() {
+                builder = builder.with_config(key, v);
+            }
+        }
+        for (k, v) in env_options($env) {
+            if let Ok(key) = k.parse::<$key>() {
+                builder = builder.with_config(key, v);
+            }
+        }
+        for (k, v) in $options {
+            let key = k.parse::<$key>().map_err(|_| OpenError::UnknownOption {
+                key: k.clone(),
+                scheme: $scheme,
+            })?;
+            builder = builder.with_config(key, v.clone());
+        }
+        builder.build().map_err(|e| OpenError::Build {
+            scheme: $scheme,
+            reason: super::redact(&e.to_string()),
+        })?
+    }};
+}
+
+/// Opens the store `spec` points at. Nothing is read or written here.
+pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return Err(OpenError::Empty);
+    }
+    let local_only = |store: Store| {
+        if let Some((k, _)) = options.first() {
+            return Err(OpenError::OptionForLocal(k.clone()));
+        }
+        Ok(store)
+    };
+    if !spec.contains("://") {
+        let dir = LocalDir::new(spec).map_err(|e| OpenError::Path(e.to_string()))?;
+        return local_only(Store::new(Arc::new(dir)));
+    }
+    let url = Url::parse(spec).map_err(|e| OpenError::BadUrl {
+        url: super::redact(spec),
+        reason: e.to_string(),
+    })?;
+    match url.scheme() {
+        "file" => {
+            let path = url.to_file_path().map_err(|_| OpenError::BadUrl {
+                url: spec.to_string(),
+                reason: "a file URL needs an absolute path, like file:///var/lib/reporter"
+                    .to_string(),
+            })?;
+            let dir = LocalDir::new(path).map_err(|e| OpenError::Path(e.to_string()))?;
+            return local_only(Store::new(Arc::new(dir)));
+        }
+        "memory" => return local_only(Store::memory()),
+        _ => {}
+    }
+    let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|_| OpenError::UnsupportedScheme {
+        scheme: url.scheme().to_string(),
+    })?;
+    let description = format!(
+        "{}://{}/{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        prefix
+    );
+    let inner: Arc<dyn object_store::ObjectStore> = match scheme {
+        ObjectStoreScheme::AmazonS3 => Arc::new(configure!(
+            AmazonS3Builder::new(),
+            object_store::aws::AmazonS3ConfigKey,
+            "s3",
+            "AWS_",
+            url.as_str(),
+            options
+        )),
+        ObjectStoreScheme::GoogleCloudStorage => Arc::new(configure!(
+            GoogleCloudStorageBuilder::new(),
+            object_store::gcp::GoogleConfigKey,
+            "gs",
+            "GOOGLE_",
+            url.as_str(),
+            options
+        )),
+        ObjectStoreScheme::MicrosoftAzure => Arc::new(configure!(
+            MicrosoftAzureBuilder::new(),
+            object_store::azure::AzureConfigKey,
+            "az",
+            "AZURE_",
+            url.as_str(),
+            options
+        )),
+        _ => {
+            return Err(OpenError::UnsupportedScheme {
+                scheme: url.scheme().to_string(),
+            })
+        }
+    };
+    Ok(Store::new(Arc::new(CloudStore::new(inner, prefix, description))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(spec: &str, options: &[(&str, &str)]) -> String {
+        let options: Vec<_> = options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        open(spec, &options).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_every_form() {
+        for spec in ["./data", "/tmp/x", "file:///tmp/x", "memory://", "memory:///"] {
+            assert!(open(spec, &[]).is_ok(), "{spec}");
+        }
+        let s3 = [
+            ("aws_endpoint".to_string(), "http://127.0.0.1:1".to_string()),
+            ("aws_region".to_string(), "us-east-1".to_string()),
+            ("aws_access_key_id".to_string(), "k".to_string()),
+            ("aws_secret_access_key".to_string(), "s".to_string()),
+        ];
+        let store = open("s3://bucket/some/prefix", &s3).unwrap();
+        assert_eq!(store.describe(), "s3://bucket/some/prefix");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_one_line() {
+        assert!(err("", &[]).contains("empty"));
+        assert!(err("ftp://x/y", &[]).contains("not supported"));
+        assert!(err("s3://", &[]).contains("s3"));
+        assert!(err("file://relative/path", &[]).contains("absolute"));
+        let e = err("s3://b/p", &[("no_such_key", "SECRET")]);
+        assert!(e.contains("no_such_key") && !e.contains("SECRET"), "{e}");
+        assert!(err("/tmp/x", &[("aws_region", "x")]).contains("no effect"));
+        for e in [err("", &[]), err("ftp://x", &[]), err("s3://b", &[("k", "v")])] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn parse_option_splits_once() {
+        assert_eq!(
+            parse_option("aws_endpoint=http://h:1/?a=b").unwrap(),
+            ("aws_endpoint".to_string(), "http://h:1/?a=b".to_string())
+        );
+        assert!(parse_option("novalue").is_err());
+        assert!(parse_option("=v").is_err());
+    }
+}

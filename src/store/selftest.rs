@@ -1,0 +1,129 @@
+//! Start-up self-test of the store's conditional writes.
+//!
+//! Some S3-compatible servers accept `If-None-Match` and `If-Match` and ignore them, and
+//! object_store's `aws_conditional_put=disabled` turns them off. On such a store two replicas
+//! could both "win" the seed race or both hold the lease, so before anything else a replica
+//! writes a scratch key under `usage/selftest/` and checks that a second create is refused and
+//! that a compare-and-swap against a stale version is refused. A store that fails either check
+//! is reported in one line and the replica stops: no seed race, no leader election.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+
+use super::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelfTestError {
+    #[error("the store at {store} ignores create-if-absent (a second create of {key} succeeded); refusing to run the seed race and leader election on it")]
+    CreateIgnored { store: String, key: String },
+    #[error("the store at {store} ignores compare-and-swap (a write against a stale version of {key} succeeded); refusing to run leader election on it")]
+    CasIgnored { store: String, key: String },
+    #[error("the store at {store} does not support conditional writes ({0}); refusing to run the seed race and leader election on it", .source)]
+    Unsupported { store: String, source: StoreError },
+    #[error("shut down during the store self-test")]
+    Shutdown,
+}
+
+enum Probe {
+    Pass,
+    Unsafe(SelfTestError),
+    Retry(StoreError),
+}
+
+async fn probe(store: &Store, key: &str) -> Probe {
+    let unsupported = |e: StoreError| match e {
+        StoreError::NotSupported { .. } => Probe::Unsafe(SelfTestError::Unsupported {
+            store: store.describe(),
+            source: e,
+        }),
+        other => Probe::Retry(other),
+    };
+    match store.create(key, "a").await {
+        Ok(_) => {}
+        Err(StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return unsupported(e),
+    }
+    match store.create(key, "b").await {
+        Err(StoreError::AlreadyExists { .. }) => {}
+        Ok(_) => {
+            return Probe::Unsafe(SelfTestError::CreateIgnored {
+                store: store.describe(),
+                key: key.to_string(),
+            })
+        }
+        Err(e) => return unsupported(e),
+    }
+    let stale = match store.get(key).await {
+        Ok(obj) => obj.version,
+        Err(e) => return Probe::Retry(e),
+    };
+    let nonce = uuid::Uuid::new_v4().to_string();
+    match store.update(key, format!("c-{nonce}"), &stale).await {
+        Ok(_) => {}
+        Err(e) => return unsupported(e),
+    }
+    match store.update(key, format!("d-{nonce}"), &stale).await {
+        Err(StoreError::Precondition { .. }) | Err(StoreError::AlreadyExists { .. }) => {}
+        Ok(_) => {
+            return Probe::Unsafe(SelfTestError::CasIgnored {
+                store: store.describe(),
+                key: key.to_string(),
+            })
+        }
+        Err(e) => return unsupported(e),
+    }
+    Probe::Pass
+}
+
+/// Runs the self-test, retrying store failures with backoff until it passes, finds the store
+/// unsafe, or `shutdown` fires.
+pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<(), SelfTestError> {
+    let key = format!("usage/selftest/{}.json", uuid::Uuid::new_v4().simple());
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut last_kind = None;
+    loop {
+        let outcome = probe(store, &key).await;
+        let _ = store.delete(&key).await;
+        match outcome {
+            Probe::Pass => {
+                if last_kind.is_some() {
+                    tracing::info!("store reachable again");
+                }
+                return Ok(());
+            }
+            Probe::Unsafe(e) => return Err(e),
+            Probe::Retry(e) => {
+                if last_kind != Some(e.kind()) {
+                    tracing::warn!(error = %e, "store self-test: the store did not answer; retrying with backoff");
+                    last_kind = Some(e.kind());
+                }
+            }
+        }
+        let wait = delays.next().unwrap_or(Duration::from_secs(60));
+        if crate::replica::sleep_or_stop(wait, shutdown).await {
+            return Err(SelfTestError::Shutdown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_and_local_stores_pass() {
+        check(&Store::memory(), &CancellationToken::new()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::open(dir.path().to_str().unwrap(), &[]).unwrap();
+        check(&store, &CancellationToken::new()).await.unwrap();
+        // The scratch key is gone afterwards.
+        assert!(store.list("usage/selftest/").await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,140 @@
+//! Time as the reporter writes and reads it: Go's RFC3339Nano for timestamps, so Go receivers
+//! and Tempo/Loki seeds round-trip, and Go-style durations (`500ms`, `15m`, `4h`, `1h30m`) for
+//! flags.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Offset, SecondsFormat, TimeZone, Utc};
+
+/// Formats like Go's `time.RFC3339Nano`: fractional seconds with trailing zeros trimmed (none
+/// at all when zero), `Z` for UTC, otherwise the offset.
+pub fn rfc3339_nano<Tz: TimeZone>(t: &DateTime<Tz>) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let base = t.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let nanos = t.timestamp_subsec_nanos();
+    if nanos == 0 {
+        return base;
+    }
+    // base is "YYYY-MM-DDTHH:MM:SS" followed by "Z" or "+hh:mm"; insert the fraction.
+    let split = base.len() - if base.ends_with('Z') { 1 } else { 6 };
+    let frac = format!("{nanos:09}");
+    let frac = frac.trim_end_matches('0');
+    format!("{}.{}{}", &base[..split], frac, &base[split..])
+}
+
+/// Go's zero time, what Tempo shows before anything is known.
+pub const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// Parses an RFC 3339 timestamp with 0 to 9 fractional digits and any zone offset.
+pub fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
+    DateTime::parse_from_rfc3339(s).ok()
+}
+
+/// Nanoseconds since the Unix epoch, for exact slot arithmetic. Dates past year 2262 do not
+/// fit and give `None`.
+pub fn unix_nanos<Tz: TimeZone>(t: &DateTime<Tz>) -> Option<i64> {
+    t.timestamp_nanos_opt()
+}
+
+pub fn from_unix_nanos(nanos: i64) -> DateTime<Utc> {
+    Utc.timestamp_nanos(nanos)
+}
+
+/// The same instant in the zone of `like`, so a slot of a `+02:00` seed prints in `+02:00`.
+pub fn in_zone_of(t: DateTime<Utc>, like: &DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+    t.with_timezone(&like.offset().fix())
+}
+
+/// Parses `500ms`, `2s`, `15m`, `4h`, `1h30m`, `1.5h`, `7d`. Zero and negative are refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h, d)"))?;
+        if num_len == 0 {
+            return Err(format!("{s:?} is not a duration like 500ms, 2s, 15m or 4h"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s, 15m or 4h"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            unit => return Err(format!("{s:?} has an unknown unit {unit:?} (use ms, s, m, h, d)")),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    if !(total > 0.0) || !total.is_finite() || total > 1e10 {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// A short human form: `4h`, `1m30s`, `500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let total_ms = d.as_millis();
+    if total_ms < 1000 {
+        return format!("{total_ms}ms");
+    }
+    let secs = d.as_secs();
+    let (days, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (v, u) in [(days, "d"), (h, "h"), (m, "m"), (s, "s")] {
+        if v > 0 {
+            out.push_str(&format!("{v}{u}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_nano_matches_go() {
+        let t = parse_rfc3339("2024-08-09T18:28:28.120000000+02:00").unwrap();
+        assert_eq!(rfc3339_nano(&t), "2024-08-09T18:28:28.12+02:00");
+        let t = parse_rfc3339("2024-08-09T18:28:28Z").unwrap();
+        assert_eq!(rfc3339_nano(&t), "2024-08-09T18:28:28Z");
+        let t = parse_rfc3339("2024-08-09T18:28:28.000000001Z").unwrap();
+        assert_eq!(rfc3339_nano(&t), "2024-08-09T18:28:28.000000001Z");
+        let t = parse_rfc3339("2024-08-09T18:28:28.5-07:30").unwrap();
+        assert_eq!(rfc3339_nano(&t), "2024-08-09T18:28:28.5-07:30");
+        assert_eq!(rfc3339_nano(&from_unix_nanos(0)), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(14400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "4", "h", "0s", "-1s", "4x", "1e9h", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(14400)), "4h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
+    }
+}
