@@ -28,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Run one replica: agree on the cluster seed, elect a leader, freeze and deliver reports,
     /// serve this replica's live report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Inspect the cluster seed.
     Seed {
         #[command(subcommand)]

@@ -57,6 +57,19 @@ impl Health {
         }
     }
 
+    /// Store requests so far with this operation and outcome.
+    pub fn store_requests(&self, op: &str, outcome: &str) -> u64 {
+        self.store_requests
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|((o, r), _)| *o == op && *r == outcome)
+                    .map(|(_, n)| *n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// Store requests so far, all operations and outcomes.
     pub fn store_requests_total(&self) -> u64 {
         self.store_requests

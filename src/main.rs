@@ -14,13 +14,43 @@ use usage_reporter::{timefmt, BuildInfo};
 /// A failure: the message is printed on one line, the code is the exit status.
 struct Failure(u8, String);
 
+/// Parses the command line; help and version print as usual, errors as one line, status 2.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("reporter: {first} (see reporter --help)");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    // `run` logs what it does; the show commands print their answer and stay quiet. The
+    // object store client's own retry chatter is left out either way.
+    let default_filter = match cli.command {
+        Command::Run(_) => "info,object_store=warn",
+        _ => "warn,object_store=error",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -58,7 +88,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> Result<(), Failure> {
+async fn run(args: Box<RunArgs>) -> Result<(), Failure> {
+    let args = *args;
     let options = Options {
         store: args.store.store,
         store_options: args.store.store_options,

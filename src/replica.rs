@@ -314,6 +314,17 @@ async fn run(
     shutdown: CancellationToken,
     fatal: tokio::sync::watch::Sender<Option<String>>,
 ) {
+    // A valid seed is adopted at once, before any write: reading needs no trust in the
+    // store's conditional writes, and a replica with read-only access still reports its ID.
+    let existing = match keeper.read().await {
+        Ok(crate::seed::ReadOutcome::Valid(seed)) => {
+            tracing::info!(cluster_id = seed.uid(), "adopted the cluster seed");
+            source.set_seed(seed.clone());
+            health.set_seed_known(true);
+            Some(seed)
+        }
+        _ => None,
+    };
     match store::selftest::check(&store, &shutdown).await {
         Ok(()) => {}
         Err(store::selftest::SelfTestError::Shutdown) => return,
@@ -322,13 +333,16 @@ async fn run(
             return;
         }
     }
-    let seed = match keeper.agree(&shutdown).await {
-        Ok(seed) => seed,
-        Err(crate::seed::AgreeError::Shutdown) => return,
-        Err(e) => {
-            let _ = fatal.send(Some(e.to_string()));
-            return;
-        }
+    let seed = match existing {
+        Some(seed) => seed,
+        None => match keeper.agree(&shutdown).await {
+            Ok(seed) => seed,
+            Err(crate::seed::AgreeError::Shutdown) => return,
+            Err(e) => {
+                let _ = fatal.send(Some(e.to_string()));
+                return;
+            }
+        },
     };
     source.set_seed(seed.clone());
     health.set_seed_known(true);

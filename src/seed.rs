@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn rejects_corrupted_forms() {
-        let cases: &[(&[u8], fn(&Corruption) -> bool)] = &[
+        type Check = fn(&Corruption) -> bool;
+        let cases: &[(&[u8], Check)] = &[
             (b"{}", |c| *c == Corruption::MissingUid),
             (b"{", |c| matches!(c, Corruption::NotJson(_))),
             (b"xxx", |c| matches!(c, Corruption::NotJson(_))),

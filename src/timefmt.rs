@@ -82,7 +82,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    if !(total > 0.0) || !total.is_finite() || total > 1e10 {
+    if total.is_nan() || total <= 0.0 || total > 1e10 {
         return Err(format!("{s:?} must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(total))

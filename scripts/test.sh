@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The whole test suite, from scratch: installs and starts moto (S3) and Azurite (Azure Blob) on
+# 127.0.0.1, creates their bucket and container, runs every test, and stops what it started,
+# even when tests fail. Installs are cached in $REPORTER_CACHE (default ~/.cache/usage-reporter)
+# so a second run is fast.
+#
+#   scripts/test.sh               # everything: fmt, clippy, unit, integration, backends
+#   scripts/test.sh seed_race     # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${REPORTER_CACHE:-$HOME/.cache/usage-reporter}"
+mkdir -p "$cache"
+run_dir="$(mktemp -d "${TMPDIR:-/tmp}/reporter-test.XXXXXX")"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$run_dir"
+}
+trap cleanup EXIT
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_http() { # url, name, pid
+  for _ in $(seq 1 150); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    if ! kill -0 "$3" 2>/dev/null; then log "$2 exited during start-up"; return 1; fi
+    sleep 0.2
+  done
+  log "$2 did not answer at $1 within 30 s"
+  return 1
+}
+
+# --- moto, S3 -----------------------------------------------------------------------------
+if [ ! -x "$cache/venv/bin/moto_server" ]; then
+  log "installing moto[server] into $cache/venv"
+  python3 -m venv "$cache/venv"
+  "$cache/venv/bin/pip" install -q 'moto[server]>=5.1.5'
+fi
+s3_port="$(free_port)"
+"$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$run_dir/moto.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$s3_port/moto-api/" moto "${pids[-1]}"
+curl -sf -X PUT "http://127.0.0.1:$s3_port/reporter-test" >/dev/null
+log "moto (S3) on 127.0.0.1:$s3_port, bucket reporter-test"
+
+# --- Azurite, Azure Blob ------------------------------------------------------------------
+if [ ! -x "$cache/azurite/node_modules/.bin/azurite-blob" ]; then
+  log "installing azurite@3.35.0 into $cache/azurite"
+  mkdir -p "$cache/azurite"
+  npm install --prefix "$cache/azurite" --no-audit --no-fund --loglevel=error azurite@3.35.0 >/dev/null
+fi
+az_port="$(free_port)"
+"$cache/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$az_port" \
+  --inMemoryPersistence --skipApiVersionCheck --loose --disableTelemetry \
+  --location "$run_dir/azurite" >"$run_dir/azurite.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$az_port/devstoreaccount1?comp=list" Azurite "${pids[-1]}"
+python3 scripts/azurite_container.py "http://127.0.0.1:$az_port/devstoreaccount1" reporter-test
+log "Azurite (Azure Blob) on 127.0.0.1:$az_port, container reporter-test"
+
+export REPORTER_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export REPORTER_TEST_S3_BUCKET="reporter-test"
+export REPORTER_TEST_AZURITE_URL="http://127.0.0.1:$az_port/devstoreaccount1"
+export REPORTER_TEST_AZURE_CONTAINER="reporter-test"
+# Backend tests fail, rather than skip, when their server is missing.
+export REPORTER_TEST_REQUIRE_BACKENDS=1
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+export no_proxy="$NO_PROXY"
+
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --quiet --all-targets -- -D warnings
+log "cargo test"
+cargo test --all-targets "$@"
+cargo test --doc

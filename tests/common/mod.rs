@@ -1,0 +1,399 @@
+//! Shared test helpers: buckets on every backend, `reporter` processes, a stats receiver.
+#![allow(dead_code)]
+
+pub mod gcs_fake;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use usage_reporter::store::{self, Store};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_reporter")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A bucket on one backend, fresh (its own prefix) for each test.
+pub struct Bucket {
+    pub name: &'static str,
+    pub url: String,
+    pub options: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+    _gcs: Option<gcs_fake::GcsFake>,
+    memory: Option<Store>,
+}
+
+/// Whether backend tests must run (the test script sets this) or may be skipped.
+fn required() -> bool {
+    std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
+}
+
+fn missing(name: &str, var: &str) -> Option<Bucket> {
+    if required() {
+        panic!("{name} backend required but {var} is not set: run scripts/test.sh");
+    }
+    eprintln!("SKIPPED: {name} backend tests: {var} is not set (scripts/test.sh starts the server)");
+    None
+}
+
+impl Bucket {
+    pub fn local() -> Bucket {
+        let dir = tempfile::tempdir().unwrap();
+        Bucket {
+            name: "local",
+            url: dir.path().join("bucket").to_string_lossy().into_owned(),
+            options: vec![],
+            _dir: Some(dir),
+            _gcs: None,
+            memory: None,
+        }
+    }
+
+    pub fn memory() -> Bucket {
+        Bucket {
+            name: "memory",
+            url: "memory://".into(),
+            options: vec![],
+            _dir: None,
+            _gcs: None,
+            memory: Some(Store::memory()),
+        }
+    }
+
+    pub fn s3() -> Option<Bucket> {
+        let Ok(endpoint) = std::env::var("REPORTER_TEST_S3_ENDPOINT") else {
+            return missing("S3 (moto)", "REPORTER_TEST_S3_ENDPOINT");
+        };
+        let bucket = std::env::var("REPORTER_TEST_S3_BUCKET").unwrap_or("reporter-test".into());
+        Some(Bucket {
+            name: "s3",
+            url: format!("s3://{bucket}/{}", unique("t")),
+            options: s3_options(&endpoint),
+            _dir: None,
+            _gcs: None,
+            memory: None,
+        })
+    }
+
+    pub fn azure() -> Option<Bucket> {
+        if std::env::var("AZURITE_BLOB_STORAGE_URL").is_err() {
+            return missing("Azure (Azurite)", "AZURITE_BLOB_STORAGE_URL");
+        }
+        let container =
+            std::env::var("REPORTER_TEST_AZURE_CONTAINER").unwrap_or("reporter-test".into());
+        Some(Bucket {
+            name: "azure",
+            url: format!("az://{container}/{}", unique("t")),
+            options: vec![("azure_storage_use_emulator".into(), "true".into())],
+            _dir: None,
+            _gcs: None,
+            memory: None,
+        })
+    }
+
+    pub async fn gcs() -> Bucket {
+        let fake = gcs_fake::GcsFake::start().await;
+        Bucket {
+            name: "gcs",
+            url: format!("gs://reporter-test/{}", unique("t")),
+            options: vec![("google_service_account_key".into(), fake.service_account_key())],
+            _dir: None,
+            _gcs: Some(fake),
+            memory: None,
+        }
+    }
+
+    /// A store handle in this process. Memory buckets share one store.
+    pub fn store(&self) -> Store {
+        if let Some(m) = &self.memory {
+            return m.clone();
+        }
+        store::open(&self.url, &self.options).unwrap()
+    }
+
+    /// `--store URL --store-option k=v ...`
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--store".to_string(), self.url.clone()];
+        for (k, v) in &self.options {
+            args.push("--store-option".into());
+            args.push(format!("{k}={v}"));
+        }
+        args
+    }
+
+    pub fn multi_process(&self) -> bool {
+        self.memory.is_none()
+    }
+}
+
+pub fn s3_options(endpoint: &str) -> Vec<(String, String)> {
+    vec![
+        ("aws_endpoint".into(), endpoint.to_string()),
+        ("aws_allow_http".into(), "true".into()),
+        ("aws_access_key_id".into(), "test".into()),
+        ("aws_secret_access_key".into(), "test".into()),
+        ("aws_region".into(), "us-east-1".into()),
+    ]
+}
+
+/// A `reporter` process with its stderr collected.
+pub struct Proc {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn<S: AsRef<str>>(args: &[S]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(args.iter().map(|a| a.as_ref()))
+            .env("RUST_LOG", "info")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn reporter");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Proc { child, log }
+    }
+
+    /// `reporter run` with these extra arguments, listening on a free port.
+    pub fn run<S: AsRef<str>>(bucket: &Bucket, extra: &[S]) -> Proc {
+        let mut args = vec!["run".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+        args.extend(bucket.args());
+        args.extend(extra.iter().map(|s| s.as_ref().to_string()));
+        Proc::spawn(&args)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The endpoint address from the `replica started` log line.
+    pub fn addr(&self) -> SocketAddr {
+        assert!(
+            self.wait_log("replica started", Duration::from_secs(30)),
+            "replica did not start:\n{}",
+            self.log()
+        );
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("replica started")).unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap();
+        addr.parse().unwrap()
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.addr();
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("replica started")).unwrap();
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("instance_id="))
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stdout(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            use std::io::Read;
+            let _ = out.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `reporter ARGS` to completion: (status code, stdout, stderr).
+pub fn reporter<S: AsRef<str>>(args: &[S]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args.iter().map(|a| a.as_ref()))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let body = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Waits until `f` holds, polling; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One POST the receiver took.
+#[derive(Clone, Debug)]
+pub struct Post {
+    pub body: Bytes,
+    pub json: serde_json::Value,
+    pub content_type: String,
+    pub user_agent: String,
+}
+
+/// A stats endpoint on 127.0.0.1 that records every POST; it can be told to fail.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub posts: Arc<Mutex<Vec<Post>>>,
+    pub failures: Arc<Mutex<Vec<Post>>>,
+    fail_next: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let fail_next = Arc::new(AtomicUsize::new(0));
+        let (p, f, n) = (posts.clone(), failures.clone(), fail_next.clone());
+        let app = axum::Router::new().route(
+            "/report",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (p, f, n) = (p.clone(), f.clone(), n.clone());
+                async move {
+                    let post = Post {
+                        json: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                        body,
+                        content_type: header(&headers, "content-type"),
+                        user_agent: header(&headers, "user-agent"),
+                    };
+                    let failing = n
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                        .is_ok();
+                    if failing {
+                        f.lock().unwrap().push(post);
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        p.lock().unwrap().push(post);
+                        StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            addr,
+            posts,
+            failures,
+            fail_next,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/report", self.addr)
+    }
+
+    /// The next `n` POSTs get a 500.
+    pub fn fail_next(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    pub fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+fn header(h: &HeaderMap, name: &str) -> String {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
