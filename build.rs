@@ -27,7 +27,12 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_string());
     let date = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
-        .and_then(|s| run("date", &["-u", "-d", &format!("@{s}"), "+%Y-%m-%dT%H:%M:%SZ"]))
+        .and_then(|s| {
+            run(
+                "date",
+                &["-u", "-d", &format!("@{s}"), "+%Y-%m-%dT%H:%M:%SZ"],
+            )
+        })
         .or_else(|| run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
         .unwrap_or_default();
     println!("cargo:rustc-env=REPORTER_RUST_VERSION={rust_version}");

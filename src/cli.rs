@@ -127,7 +127,9 @@ fn parse_seed_name(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.to_string())
     } else {
-        Err(format!("{s:?} is not an object name (no empty, '.' or '..' parts)"))
+        Err(format!(
+            "{s:?} is not an object name (no empty, '.' or '..' parts)"
+        ))
     }
 }
 

@@ -160,7 +160,11 @@ impl Delivery {
     }
 
     /// One delivery pass; see the module docs.
-    pub async fn pass(&self, leader: &Leader, shutdown: &CancellationToken) -> Result<PassOutcome, StoreError> {
+    pub async fn pass(
+        &self,
+        leader: &Leader,
+        shutdown: &CancellationToken,
+    ) -> Result<PassOutcome, StoreError> {
         let reports = self.store.list(REPORTS).await?;
         let delivered: HashSet<(DateTime<Utc>, String)> = self
             .store
@@ -169,7 +173,10 @@ impl Delivery {
             .iter()
             .filter_map(|k| parse_key(k, DELIVERED))
             .collect();
-        let mut items: Vec<_> = reports.iter().filter_map(|k| parse_key(k, REPORTS)).collect();
+        let mut items: Vec<_> = reports
+            .iter()
+            .filter_map(|k| parse_key(k, REPORTS))
+            .collect();
         items.sort();
         let now = Utc::now();
         let age = |slot: DateTime<Utc>| (now - slot).to_std().unwrap_or_default();
@@ -184,7 +191,12 @@ impl Delivery {
                 if age(slot) > self.cfg.retention {
                     // The report goes first: a record without a report is harmless, a report
                     // without its record would be sent again.
-                    if self.store.delete(&report_key(slot, &instance)).await.is_ok() {
+                    if self
+                        .store
+                        .delete(&report_key(slot, &instance))
+                        .await
+                        .is_ok()
+                    {
                         let _ = self.store.delete(&record_key(slot, &instance)).await;
                     }
                 }
@@ -224,7 +236,11 @@ impl Delivery {
                         "delivered_at": timefmt::rfc3339_nano(&Utc::now()),
                         "term": term,
                     });
-                    match self.store.create(&record_key(slot, &instance), record.to_string()).await {
+                    match self
+                        .store
+                        .create(&record_key(slot, &instance), record.to_string())
+                        .await
+                    {
                         Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "delivered a report but could not record it; it may be sent once more");
@@ -284,7 +300,9 @@ impl Delivery {
             match result {
                 Ok(resp) if resp.status().is_success() => return Ok(started.elapsed()),
                 Ok(resp) => last = format!("receiver answered {}", resp.status()),
-                Err(e) => last = format!("request failed: {}", crate::store::redact(&e.to_string())),
+                Err(e) => {
+                    last = format!("request failed: {}", crate::store::redact(&e.to_string()))
+                }
             }
             self.health.report_failed();
         }
@@ -324,7 +342,11 @@ pub async fn lead(
     loop {
         let now = Utc::now();
         // The slot whose collection window has closed most recently.
-        let window = slots::last_slot(&created, now - chrono::Duration::from_std(collect).unwrap_or_default(), interval);
+        let window = slots::last_slot(
+            &created,
+            now - chrono::Duration::from_std(collect).unwrap_or_default(),
+            interval,
+        );
         if window.is_some() && window != last_pass_slot {
             due_now = true;
         }
@@ -337,9 +359,14 @@ pub async fn lead(
             match delivery.pass(&leader, &shutdown).await {
                 Ok(out) if out.pending == 0 => {
                     retry_at = None;
-                    retry_delays = backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
+                    retry_delays =
+                        backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
                     if out.delivered + out.dropped > 0 {
-                        tracing::info!(delivered = out.delivered, dropped = out.dropped, "delivery pass done");
+                        tracing::info!(
+                            delivered = out.delivered,
+                            dropped = out.dropped,
+                            "delivery pass done"
+                        );
                     }
                 }
                 Ok(_) | Err(_) => {
@@ -354,8 +381,13 @@ pub async fn lead(
             last_pass_slot = window;
             due_now = false;
         }
-        let next_window = slots::next_slot(&created, now - chrono::Duration::from_std(collect).unwrap_or_default() + chrono::Duration::nanoseconds(1), interval)
-            .map(|s| s + chrono::Duration::from_std(collect).unwrap_or_default());
+        let next_window = slots::next_slot(
+            &created,
+            now - chrono::Duration::from_std(collect).unwrap_or_default()
+                + chrono::Duration::nanoseconds(1),
+            interval,
+        )
+        .map(|s| s + chrono::Duration::from_std(collect).unwrap_or_default());
         let mut wait = next_window
             .and_then(|t| (t - now).to_std().ok())
             .unwrap_or(Duration::from_secs(1))
@@ -383,11 +415,19 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let slot = timefmt::parse_rfc3339("2024-05-01T12:00:00.5Z").unwrap().to_utc();
+        let slot = timefmt::parse_rfc3339("2024-05-01T12:00:00.5Z")
+            .unwrap()
+            .to_utc();
         let k = report_key(slot, "abc");
         assert_eq!(parse_key(&k, REPORTS), Some((slot, "abc".to_string())));
-        assert_eq!(parse_key(&record_key(slot, "abc"), DELIVERED), Some((slot, "abc".to_string())));
+        assert_eq!(
+            parse_key(&record_key(slot, "abc"), DELIVERED),
+            Some((slot, "abc".to_string()))
+        );
         assert_eq!(parse_key("usage/reports/xx/abc.json", REPORTS), None);
-        assert_eq!(parse_key("usage/reports/00000000000000000001/.json", REPORTS), None);
+        assert_eq!(
+            parse_key("usage/reports/00000000000000000001/.json", REPORTS),
+            None
+        );
     }
 }

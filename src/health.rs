@@ -116,10 +116,16 @@ impl Health {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         };
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         };
         gauge(
             &mut out,
@@ -205,7 +211,8 @@ mod tests {
         h.report_delivered(Duration::from_millis(30));
         h.set_leader(true, 7);
         let text = h.render();
-        assert!(text.contains("usage_reporter_store_requests_total{operation=\"get\",outcome=\"ok\"} 2"));
+        assert!(text
+            .contains("usage_reporter_store_requests_total{operation=\"get\",outcome=\"ok\"} 2"));
         assert!(text.contains("outcome=\"already_exists\"} 1"));
         assert!(text.contains("usage_reporter_leader 1"));
         assert!(text.contains("usage_reporter_lease_term 7"));

@@ -237,7 +237,11 @@ impl Leader {
             let started = (self.clock)();
             let acquired = obs.record.as_ref().map(|r| r.acquired_at.clone());
             let record = self.record(l.term, acquired.as_deref());
-            match self.store.update(LEASE_KEY, record.bytes(), &obs.version).await {
+            match self
+                .store
+                .update(LEASE_KEY, record.bytes(), &obs.version)
+                .await
+            {
                 Ok(version) => {
                     *observed = Some(Observed {
                         version,
@@ -309,7 +313,11 @@ impl Leader {
             return Ok(self.cfg.poll_period);
         }
         let record_new = self.record(*max_term + 1, None);
-        match self.store.update(LEASE_KEY, record_new.bytes(), &version).await {
+        match self
+            .store
+            .update(LEASE_KEY, record_new.bytes(), &version)
+            .await
+        {
             Ok(version) => {
                 *max_term = record_new.term;
                 self.take(observed, version, record_new, started);
@@ -323,7 +331,13 @@ impl Leader {
         }
     }
 
-    fn take(&self, observed: &mut Option<Observed>, version: Version, record: LeaseRecord, started: Instant) {
+    fn take(
+        &self,
+        observed: &mut Option<Observed>,
+        version: Version,
+        record: LeaseRecord,
+        started: Instant,
+    ) {
         let term = record.term;
         *observed = Some(Observed {
             version,
@@ -347,9 +361,15 @@ impl Leader {
         };
         let mut record = self.record(l.term, None);
         record.holder = String::new();
-        match self.store.update(LEASE_KEY, record.bytes(), &obs.version).await {
+        match self
+            .store
+            .update(LEASE_KEY, record.bytes(), &obs.version)
+            .await
+        {
             Ok(_) => tracing::info!(term = l.term, "released the leader lease"),
-            Err(e) => tracing::warn!(error = %e, "could not release the leader lease; it expires on its own"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the leader lease; it expires on its own")
+            }
         }
     }
 }
@@ -417,7 +437,10 @@ mod tests {
         let ttl = Duration::from_secs(10);
         let origin = Instant::now();
         let rates = [0.85, 0.95, 1.0, 1.05, 1.15];
-        let leaders: Vec<_> = rates.iter().map(|r| leader(&store, ttl, skewed(origin, *r))).collect();
+        let leaders: Vec<_> = rates
+            .iter()
+            .map(|r| leader(&store, ttl, skewed(origin, *r)))
+            .collect();
         let stops: Vec<_> = leaders.iter().map(|_| CancellationToken::new()).collect();
         let mut tasks = Vec::new();
         for (l, s) in leaders.iter().zip(&stops) {
@@ -455,8 +478,14 @@ mod tests {
             }
         }
         monitor.await.unwrap();
-        assert!(!violated.load(Ordering::SeqCst), "two replicas acted as leader at once");
-        assert!(ever_led.load(Ordering::SeqCst) > 10_000, "leadership was mostly vacant");
+        assert!(
+            !violated.load(Ordering::SeqCst),
+            "two replicas acted as leader at once"
+        );
+        assert!(
+            ever_led.load(Ordering::SeqCst) > 10_000,
+            "leadership was mostly vacant"
+        );
         for s in &stops {
             s.cancel();
         }

@@ -182,7 +182,10 @@ async fn seed_show(args: ShowArgs) -> Result<(), Failure> {
         ReadOutcome::Valid(seed) => seed,
         ReadOutcome::Absent => return Err(Failure(1, format!("no cluster seed at {where_}"))),
         ReadOutcome::Corrupted(why) => {
-            return Err(Failure(1, format!("the cluster seed at {where_} is corrupted: {why}")))
+            return Err(Failure(
+                1,
+                format!("the cluster seed at {where_} is corrupted: {why}"),
+            ))
         }
     };
     let created = timefmt::rfc3339_nano(&seed.created_at());
@@ -199,7 +202,12 @@ async fn seed_show(args: ShowArgs) -> Result<(), Failure> {
         println!("{v}");
     } else {
         println!("clusterID: {}", seed.uid());
-        println!("createdAt: {created} ({} ago)", timefmt::format_duration(Duration::from_secs(age.as_secs()).max(Duration::from_millis(0))));
+        println!(
+            "createdAt: {created} ({} ago)",
+            timefmt::format_duration(
+                Duration::from_secs(age.as_secs()).max(Duration::from_millis(0))
+            )
+        );
         match seed.version() {
             Some(v) => println!("version:   {v}"),
             None => println!("version:   (none)"),
@@ -233,10 +241,17 @@ async fn lease_show(args: ShowArgs) -> Result<(), Failure> {
         println!("term:       {}", view.term);
         println!("acquired:   {}", view.acquired_at);
         println!("renewed:    {}", view.renewed_at);
-        println!("ttl:        {}", timefmt::format_duration(Duration::from_millis(view.ttl_ms)));
+        println!(
+            "ttl:        {}",
+            timefmt::format_duration(Duration::from_millis(view.ttl_ms))
+        );
         println!(
             "expired:    {}",
-            if view.looks_expired { "yes (by the holder's clock)" } else { "no" }
+            if view.looks_expired {
+                "yes (by the holder's clock)"
+            } else {
+                "no"
+            }
         );
     }
     Ok(())

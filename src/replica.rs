@@ -20,7 +20,7 @@ use url::Url;
 use crate::build_info::BuildInfo;
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::health::Health;
-use crate::lease::{LeaseConfig, Leader};
+use crate::lease::{Leader, LeaseConfig};
 use crate::report::ReportSource;
 use crate::seed::{CheckOutcome, Seed, SeedKeeper};
 use crate::stats::{self, Registry};
@@ -187,10 +187,14 @@ impl ReplicaBuilder {
             }
         }
         if o.interval < Duration::from_millis(100) {
-            return Err(StartError::Config("--interval must be at least 100ms".into()));
+            return Err(StartError::Config(
+                "--interval must be at least 100ms".into(),
+            ));
         }
         if o.lease_ttl < Duration::from_millis(300) {
-            return Err(StartError::Config("--lease-ttl must be at least 300ms".into()));
+            return Err(StartError::Config(
+                "--lease-ttl must be at least 300ms".into(),
+            ));
         }
         if o.collect_delay >= o.interval {
             return Err(StartError::Config(format!(
@@ -218,7 +222,10 @@ impl ReplicaBuilder {
                     addr: o.listen,
                     source,
                 })?;
-            tracing::info!(%addr, "usage reporting is disabled; serving the endpoint only");
+            tracing::info!(
+                %addr,
+                "replica started with usage reporting disabled: endpoint only, no store, no network"
+            );
             return Ok(Replica {
                 addr,
                 shutdown,
@@ -422,7 +429,9 @@ async fn freeze_slots(
         };
         if done.is_none_or(|d| due > d) {
             let report = source.freeze(due);
-            delivery.keep(due, &source.instance_id().to_string(), report, &shutdown).await;
+            delivery
+                .keep(due, &source.instance_id().to_string(), report, &shutdown)
+                .await;
             done = Some(due);
             continue;
         }

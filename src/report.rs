@@ -308,7 +308,14 @@ mod tests {
         let v: Vec<_> = r["version"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             v,
-            ["version", "revision", "branch", "buildUser", "buildDate", "rustVersion"]
+            [
+                "version",
+                "revision",
+                "branch",
+                "buildUser",
+                "buildDate",
+                "rustVersion"
+            ]
         );
         assert_eq!(r["intervalPeriod"], json!(14400));
         assert_eq!(r["clusterID"], json!(""));
@@ -326,7 +333,9 @@ mod tests {
         )
         .unwrap();
         s.set_seed(seed);
-        let now = timefmt::parse_rfc3339("2024-01-02T01:00:00Z").unwrap().to_utc();
+        let now = timefmt::parse_rfc3339("2024-01-02T01:00:00Z")
+            .unwrap()
+            .to_utc();
         let r = s.live(now);
         assert_eq!(r.cluster_id, "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e");
         assert_eq!(r.created_at, "2024-01-01T02:00:00+02:00");

@@ -308,9 +308,16 @@ impl SeedKeeper {
     async fn replace(&self, version: &crate::store::Version, why: Corruption) -> Step {
         tracing::warn!(seed = %self.name, reason = %why, "the cluster seed is corrupted; replacing it");
         let fresh = Seed::generate(&self.build);
-        match self.store.update(&self.name, fresh.raw.clone(), version).await {
+        match self
+            .store
+            .update(&self.name, fresh.raw.clone(), version)
+            .await
+        {
             Ok(_) => {
-                tracing::info!(cluster_id = fresh.uid(), "replaced the corrupted cluster seed");
+                tracing::info!(
+                    cluster_id = fresh.uid(),
+                    "replaced the corrupted cluster seed"
+                );
                 Step::Done(fresh)
             }
             Err(e) if e.is_conflict() => Step::Conflict,
@@ -327,7 +334,10 @@ impl SeedKeeper {
             Err(StoreError::NotFound { .. }) => {
                 return match self.store.create(&self.name, known.raw.clone()).await {
                     Ok(_) => {
-                        tracing::warn!(cluster_id = known.uid(), "the cluster seed had vanished; restored it");
+                        tracing::warn!(
+                            cluster_id = known.uid(),
+                            "the cluster seed had vanished; restored it"
+                        );
                         CheckOutcome::Restored
                     }
                     Err(e) if e.is_conflict() => CheckOutcome::Intact,
@@ -420,7 +430,8 @@ mod tests {
             let store = Store::memory();
             let mut tasks = Vec::new();
             for _ in 0..100 {
-                let keeper = SeedKeeper::new(store.clone(), DEFAULT_SEED_NAME, BuildInfo::reporter());
+                let keeper =
+                    SeedKeeper::new(store.clone(), DEFAULT_SEED_NAME, BuildInfo::reporter());
                 tasks.push(tokio::spawn(async move {
                     keeper.agree(&CancellationToken::new()).await.unwrap()
                 }));

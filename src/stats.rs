@@ -93,7 +93,9 @@ pub struct Counter {
 
 impl std::fmt::Debug for Counter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counter").field("total", &self.total()).finish()
+        f.debug_struct("Counter")
+            .field("total", &self.total())
+            .finish()
     }
 }
 
@@ -130,7 +132,11 @@ impl Counter {
     }
     /// `{"total","rate"}` without resetting anything.
     pub fn value(&self) -> Value {
-        let since = self.since.lock().map(|s| *s).unwrap_or_else(|_| Instant::now());
+        let since = self
+            .since
+            .lock()
+            .map(|s| *s)
+            .unwrap_or_else(|_| Instant::now());
         let total = self.total();
         json!({"total": total, "rate": Self::rate(total, since, Instant::now())})
     }
@@ -202,7 +208,9 @@ pub struct Statistics {
 
 impl std::fmt::Debug for Statistics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Statistics").field("value", &self.value()).finish()
+        f.debug_struct("Statistics")
+            .field("value", &self.value())
+            .finish()
     }
 }
 
@@ -267,7 +275,9 @@ impl Default for WordCounter {
 
 impl std::fmt::Debug for WordCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WordCounter").field("distinct", &self.count()).finish()
+        f.debug_struct("WordCounter")
+            .field("distinct", &self.count())
+            .finish()
     }
 }
 
@@ -372,7 +382,11 @@ impl Registry {
         Registry::default()
     }
 
-    fn get_or_insert(&self, name: &str, make: impl FnOnce() -> Metric) -> Result<Metric, RegisterError> {
+    fn get_or_insert(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Metric,
+    ) -> Result<Metric, RegisterError> {
         if name.is_empty() {
             return Err(RegisterError::EmptyName);
         }
@@ -417,7 +431,10 @@ impl Registry {
 
     /// Every metric's current value; changes nothing.
     pub fn snapshot(&self) -> Map<String, Value> {
-        self.all().into_iter().map(|(k, m)| (k, m.value())).collect()
+        self.all()
+            .into_iter()
+            .map(|(k, m)| (k, m.value()))
+            .collect()
     }
 
     /// Every metric's value for the slot that ends `now`; counters restart from zero.

@@ -77,7 +77,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            unit => return Err(format!("{s:?} has an unknown unit {unit:?} (use ms, s, m, h, d)")),
+            unit => {
+                return Err(format!(
+                    "{s:?} has an unknown unit {unit:?} (use ms, s, m, h, d)"
+                ))
+            }
         };
         total += value * scale;
         rest = &rest[unit_len..];

@@ -14,10 +14,14 @@ use usage_reporter::store::Store;
 use usage_reporter::BuildInfo;
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut v: Vec<_> = std::fs::read_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(dir),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().path())
+    .collect();
     v.sort();
     v
 }
@@ -28,7 +32,12 @@ async fn race_tasks(store: &Store, n: usize) -> HashSet<String> {
     for _ in 0..n {
         let keeper = SeedKeeper::new(store.clone(), DEFAULT_SEED_NAME, BuildInfo::reporter());
         tasks.push(tokio::spawn(async move {
-            keeper.agree(&CancellationToken::new()).await.unwrap().uid().to_string()
+            keeper
+                .agree(&CancellationToken::new())
+                .await
+                .unwrap()
+                .uid()
+                .to_string()
         }));
     }
     let mut ids = HashSet::new();
@@ -50,7 +59,11 @@ async fn hundred_tasks_one_seed_one_create_repeatedly() {
         let store = bucket.store();
         let ids = race_tasks(&store, 100).await;
         assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
-        assert_eq!(store.health().store_requests("create", "ok"), 1, "round {round}");
+        assert_eq!(
+            store.health().store_requests("create", "ok"),
+            1,
+            "round {round}"
+        );
         assert_eq!(seed_on_disk(&bucket).uid(), ids.iter().next().unwrap());
     }
 }
@@ -84,7 +97,9 @@ fn outcome(p: &Proc) -> (String, bool) {
 fn twenty_four_processes_one_seed_repeatedly() {
     for round in 0..3 {
         let bucket = Bucket::local();
-        let procs: Vec<_> = (0..24).map(|_| Proc::run(&bucket, &[] as &[&str])).collect();
+        let procs: Vec<_> = (0..24)
+            .map(|_| Proc::run(&bucket, &[] as &[&str]))
+            .collect();
         let outcomes: Vec<_> = procs.iter().map(outcome).collect();
         let ids: HashSet<_> = outcomes.iter().map(|(id, _)| id.clone()).collect();
         let creators = outcomes.iter().filter(|(_, c)| *c).count();
@@ -133,7 +148,9 @@ fn corrupted_seed_raced_by_processes() {
         let bucket = Bucket::local();
         std::fs::create_dir_all(&bucket.url).unwrap();
         std::fs::write(Path::new(&bucket.url).join(DEFAULT_SEED_NAME), form).unwrap();
-        let procs: Vec<_> = (0..12).map(|_| Proc::run(&bucket, &[] as &[&str])).collect();
+        let procs: Vec<_> = (0..12)
+            .map(|_| Proc::run(&bucket, &[] as &[&str]))
+            .collect();
         let ids: HashSet<_> = procs.iter().map(|p| outcome(p).0).collect();
         assert_eq!(ids.len(), 1, "{form}: {ids:?}");
         let replaced = procs
@@ -171,9 +188,19 @@ async fn foreign_seeds_are_adopted_unchanged() {
         let raw: serde_json::Value = serde_json::from_slice(&original).unwrap();
         // Same instant, same zone, same digits as the foreign writer's RFC 3339 (Go trims
         // trailing zeros exactly as we do).
-        assert_eq!(created_at, raw["created_at"].as_str().unwrap(), "{}", path.display());
+        assert_eq!(
+            created_at,
+            raw["created_at"].as_str().unwrap(),
+            "{}",
+            path.display()
+        );
         drop(p);
-        assert_eq!(std::fs::read(&seed_path).unwrap(), original, "{} rewritten", path.display());
+        assert_eq!(
+            std::fs::read(&seed_path).unwrap(),
+            original,
+            "{} rewritten",
+            path.display()
+        );
     }
 }
 
@@ -216,7 +243,12 @@ fn seed_show_reports_absent_corrupted_and_unreachable_in_one_line() {
 
     // An S3 endpoint on 127.0.0.1 where nothing listens.
     let started = Instant::now();
-    let mut args = vec!["seed".to_string(), "show".into(), "--store".into(), "s3://nobucket/p".into()];
+    let mut args = vec![
+        "seed".to_string(),
+        "show".into(),
+        "--store".into(),
+        "s3://nobucket/p".into(),
+    ];
     for (k, v) in common::s3_options("http://127.0.0.1:1") {
         args.push("--store-option".into());
         args.push(format!("{k}={v}"));
@@ -233,7 +265,13 @@ fn seed_show_reports_absent_corrupted_and_unreachable_in_one_line() {
 
 #[test]
 fn run_against_an_unreachable_store_retries_quietly_and_claims_no_corruption() {
-    let mut args = vec!["run".to_string(), "--listen".into(), "127.0.0.1:0".into(), "--store".into(), "s3://nobucket/p".into()];
+    let mut args = vec![
+        "run".to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--store".into(),
+        "s3://nobucket/p".into(),
+    ];
     for (k, v) in common::s3_options("http://127.0.0.1:1") {
         args.push("--store-option".into());
         args.push(format!("{k}={v}"));
@@ -242,13 +280,18 @@ fn run_against_an_unreachable_store_retries_quietly_and_claims_no_corruption() {
     p.addr();
     std::thread::sleep(Duration::from_secs(4));
     p.signal(libc::SIGTERM);
-    let status = p.wait_exit(Duration::from_secs(10)).expect("exits on SIGTERM");
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
     assert_eq!(status.code(), Some(0));
     let log = p.log();
     assert!(!log.contains("corrupted"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     let warnings = log.lines().filter(|l| l.contains("WARN")).count();
-    assert!((1..=2).contains(&warnings), "log once per state change, not per attempt:\n{log}");
+    assert!(
+        (1..=2).contains(&warnings),
+        "log once per state change, not per attempt:\n{log}"
+    );
 }
 
 /// A directory this test's child process cannot write: mode 555, and when we are root the
@@ -260,7 +303,11 @@ fn read_only_directory_is_not_corruption() {
     let bucket = Bucket::local();
     let dir = Path::new(&bucket.url);
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::set_permissions(dir.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
     let mut cmd = std::process::Command::new(common::bin());
     cmd.args(["run", "--listen", "127.0.0.1:0", "--store", &bucket.url])
@@ -274,7 +321,10 @@ fn read_only_directory_is_not_corruption() {
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(log.contains("permission denied") || log.contains("Permission denied"), "{log}");
+    assert!(
+        log.contains("permission denied") || log.contains("Permission denied"),
+        "{log}"
+    );
     assert!(!log.contains("corrupted"), "{log}");
     assert!(!dir.join(DEFAULT_SEED_NAME).exists());
 }
@@ -289,7 +339,13 @@ fn bad_arguments_exit_2_with_one_line() {
         &["run", "--store", "ftp://host/x"],
         &["run", "--store", "file://relative"],
         &["run", "--store", "s3://b/p", "--store-option", "novalue"],
-        &["run", "--store", "s3://b/p", "--store-option", "not_a_key=1"],
+        &[
+            "run",
+            "--store",
+            "s3://b/p",
+            "--store-option",
+            "not_a_key=1",
+        ],
         &["run", "--stats-url", "not a url"],
         &["run", "--stats-url", "ftp://x/y"],
         &["run", "--metric", "novalue"],

@@ -122,14 +122,12 @@ async fn blocking<T: Send + 'static>(
     key: &str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| {
-            Err(StoreError::Other {
-                key: key.to_string(),
-                message: format!("local store task failed: {e}"),
-            })
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Other {
+            key: key.to_string(),
+            message: format!("local store task failed: {e}"),
         })
+    })
 }
 
 /// Reads up to `limit` bytes; past that, keeps hashing (bounded memory) so the caller still
@@ -304,7 +302,10 @@ impl Backend for LocalDir {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let k = key.to_string();
-        blocking(key, move || fs::remove_file(&path).map_err(|e| map_io(&k, e))).await
+        blocking(key, move || {
+            fs::remove_file(&path).map_err(|e| map_io(&k, e))
+        })
+        .await
     }
 
     fn describe(&self) -> String {

@@ -14,8 +14,8 @@
 
 pub mod cloud;
 pub mod local;
-pub mod selftest;
 mod open;
+pub mod selftest;
 
 pub use open::{open, parse_option, OpenError};
 
@@ -221,8 +221,12 @@ impl Store {
         bytes: impl Into<Bytes>,
         expected: &Version,
     ) -> Result<Version, StoreError> {
-        self.call("update", key, self.backend.update(key, bytes.into(), expected))
-            .await
+        self.call(
+            "update",
+            key,
+            self.backend.update(key, bytes.into(), expected),
+        )
+        .await
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -268,7 +272,8 @@ mod tests {
 
     #[test]
     fn redact_strips_queries_and_userinfo() {
-        let m = redact("error sending request for url (https://acct.blob/c/k?sig=SECRET&se=1) oops");
+        let m =
+            redact("error sending request for url (https://acct.blob/c/k?sig=SECRET&se=1) oops");
         assert!(!m.contains("SECRET"), "{m}");
         assert!(m.contains("https://acct.blob/c/k?<redacted>"), "{m}");
         let m = redact("GET http://user:pw@127.0.0.1:9/x failed");

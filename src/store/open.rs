@@ -48,9 +48,7 @@ pub enum OpenError {
 /// Splits `key=value`.
 pub fn parse_option(s: &str) -> Result<(String, String), OpenError> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => {
-            Ok((k.trim().to_ascii_lowercase(), v.to_string()))
-        }
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_ascii_lowercase(), v.to_string())),
         _ => Err(OpenError::BadOption(s.to_string())),
     }
 }
@@ -132,9 +130,10 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
         "memory" => return local_only(Store::memory()),
         _ => {}
     }
-    let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|_| OpenError::UnsupportedScheme {
-        scheme: url.scheme().to_string(),
-    })?;
+    let (scheme, prefix) =
+        ObjectStoreScheme::parse(&url).map_err(|_| OpenError::UnsupportedScheme {
+            scheme: url.scheme().to_string(),
+        })?;
     let description = format!(
         "{}://{}/{}",
         url.scheme(),
@@ -172,7 +171,11 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
             })
         }
     };
-    Ok(Store::new(Arc::new(CloudStore::new(inner, prefix, description))))
+    Ok(Store::new(Arc::new(CloudStore::new(
+        inner,
+        prefix,
+        description,
+    ))))
 }
 
 #[cfg(test)]
@@ -189,7 +192,13 @@ mod tests {
 
     #[test]
     fn accepts_every_form() {
-        for spec in ["./data", "/tmp/x", "file:///tmp/x", "memory://", "memory:///"] {
+        for spec in [
+            "./data",
+            "/tmp/x",
+            "file:///tmp/x",
+            "memory://",
+            "memory:///",
+        ] {
             assert!(open(spec, &[]).is_ok(), "{spec}");
         }
         let s3 = [
@@ -211,7 +220,11 @@ mod tests {
         let e = err("s3://b/p", &[("no_such_key", "SECRET")]);
         assert!(e.contains("no_such_key") && !e.contains("SECRET"), "{e}");
         assert!(err("/tmp/x", &[("aws_region", "x")]).contains("no effect"));
-        for e in [err("", &[]), err("ftp://x", &[]), err("s3://b", &[("k", "v")])] {
+        for e in [
+            err("", &[]),
+            err("ftp://x", &[]),
+            err("s3://b", &[("k", "v")]),
+        ] {
             assert!(!e.contains('\n'), "{e}");
         }
     }

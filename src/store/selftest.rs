@@ -119,7 +119,9 @@ mod tests {
 
     #[tokio::test]
     async fn memory_and_local_stores_pass() {
-        check(&Store::memory(), &CancellationToken::new()).await.unwrap();
+        check(&Store::memory(), &CancellationToken::new())
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = super::super::open(dir.path().to_str().unwrap(), &[]).unwrap();
         check(&store, &CancellationToken::new()).await.unwrap();

@@ -67,7 +67,9 @@ fn with_headers(status: StatusCode, headers: [(String, String); 4], body: Bytes)
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 async fn handle(
@@ -89,7 +91,12 @@ async fn handle(
             .unwrap_or("")
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), percent_decode_str(v).decode_utf8_lossy().into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    percent_decode_str(v).decode_utf8_lossy().into_owned(),
+                )
+            })
             .collect();
         let prefix = query.get("prefix").cloned().unwrap_or_default();
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>");
@@ -121,7 +128,8 @@ async fn handle(
                     _ => false,
                 };
                 if !ok {
-                    return (StatusCode::PRECONDITION_FAILED, "precondition failed").into_response();
+                    return (StatusCode::PRECONDITION_FAILED, "precondition failed")
+                        .into_response();
                 }
             }
             st.next_generation += 1;
@@ -135,7 +143,11 @@ async fn handle(
         }
         Method::GET | Method::HEAD => match st.objects.get(&key) {
             Some(o) => {
-                let body = if method == Method::GET { o.body.clone() } else { Bytes::new() };
+                let body = if method == Method::GET {
+                    o.body.clone()
+                } else {
+                    Bytes::new()
+                };
                 with_headers(StatusCode::OK, object_headers(o), body)
             }
             None => (StatusCode::NOT_FOUND, "no such object").into_response(),

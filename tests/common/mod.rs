@@ -41,7 +41,9 @@ fn missing(name: &str, var: &str) -> Option<Bucket> {
     if required() {
         panic!("{name} backend required but {var} is not set: run scripts/test.sh");
     }
-    eprintln!("SKIPPED: {name} backend tests: {var} is not set (scripts/test.sh starts the server)");
+    eprintln!(
+        "SKIPPED: {name} backend tests: {var} is not set (scripts/test.sh starts the server)"
+    );
     None
 }
 
@@ -105,7 +107,10 @@ impl Bucket {
         Bucket {
             name: "gcs",
             url: format!("gs://reporter-test/{}", unique("t")),
-            options: vec![("google_service_account_key".into(), fake.service_account_key())],
+            options: vec![(
+                "google_service_account_key".into(),
+                fake.service_account_key(),
+            )],
             _dir: None,
             _gcs: Some(fake),
             memory: None,
