@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Bucket, Proc};
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use usage_reporter::report::ReportSource;
 use usage_reporter::seed::Seed;
 use usage_reporter::stats::{Registry, Statistics};
