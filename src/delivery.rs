@@ -278,7 +278,11 @@ impl Delivery {
         shutdown: &CancellationToken,
     ) -> Result<Duration, String> {
         let started = Instant::now();
-        let mut delays = backoff(Duration::from_millis(500), Duration::from_secs(30));
+        // Retries scale with the interval: 500 ms to 30 s at hours, faster for short slots.
+        let mut delays = backoff(
+            Duration::from_millis(500).min(self.cfg.interval / 10),
+            Duration::from_secs(30).min(self.cfg.interval / 2),
+        );
         let mut last = String::new();
         for attempt in 0..self.cfg.attempts {
             if attempt > 0 {
