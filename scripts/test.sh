@@ -36,6 +36,10 @@ wait_http() { # url, name, pid
   return 1
 }
 
+show_log() { # name, file: why a server failed to start
+  log "$1 log:"; sed 's/^/    /' "$2" >&2 || true
+}
+
 # --- moto, S3 -----------------------------------------------------------------------------
 if [ ! -x "$cache/venv/bin/moto_server" ]; then
   log "installing moto[server] into $cache/venv"
@@ -45,7 +49,7 @@ fi
 s3_port="$(free_port)"
 "$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$run_dir/moto.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$s3_port/moto-api/" moto "${pids[-1]}"
+wait_http "http://127.0.0.1:$s3_port/moto-api/" moto "${pids[-1]}" || { show_log moto "$run_dir/moto.log"; exit 1; }
 curl -sf -X PUT "http://127.0.0.1:$s3_port/reporter-test" >/dev/null
 log "moto (S3) on 127.0.0.1:$s3_port, bucket reporter-test"
 
@@ -58,15 +62,15 @@ fi
 az_port="$(free_port)"
 "$cache/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$az_port" \
   --inMemoryPersistence --skipApiVersionCheck --loose --disableTelemetry \
-  --location "$run_dir/azurite" >"$run_dir/azurite.log" 2>&1 &
+  >"$run_dir/azurite.log" 2>&1 &
 pids+=($!)
-wait_http "http://127.0.0.1:$az_port/devstoreaccount1?comp=list" Azurite "${pids[-1]}"
+wait_http "http://127.0.0.1:$az_port/devstoreaccount1?comp=list" Azurite "${pids[-1]}" || { show_log Azurite "$run_dir/azurite.log"; exit 1; }
 python3 scripts/azurite_container.py "http://127.0.0.1:$az_port/devstoreaccount1" reporter-test
 log "Azurite (Azure Blob) on 127.0.0.1:$az_port, container reporter-test"
 
 export REPORTER_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export REPORTER_TEST_S3_BUCKET="reporter-test"
-export REPORTER_TEST_AZURITE_URL="http://127.0.0.1:$az_port/devstoreaccount1"
+export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$az_port"
 export REPORTER_TEST_AZURE_CONTAINER="reporter-test"
 # Backend tests fail, rather than skip, when their server is missing.
 export REPORTER_TEST_REQUIRE_BACKENDS=1

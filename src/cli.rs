@@ -55,11 +55,11 @@ pub struct StoreArgs {
     pub store: String,
     /// A store client option (repeatable), such as aws_endpoint=http://127.0.0.1:9000 or
     /// azure_storage_use_emulator=true. Credentials also come from AWS_*, GOOGLE_*, AZURE_*.
+    /// Values may contain commas (JSON keys do), so REPORTER_STORE_OPTION holds one option.
     #[arg(
         long = "store-option",
         env = "REPORTER_STORE_OPTION",
         value_name = "KEY=VALUE",
-        value_delimiter = ',',
         value_parser = parse_store_option
     )]
     pub store_options: Vec<(String, String)>,
@@ -100,6 +100,7 @@ pub struct RunArgs {
     #[arg(long, env = "REPORTER_COLLECT_DELAY", default_value = "1m", value_parser = parse_duration)]
     pub collect_delay: Duration,
     /// Static metric for this replica (repeatable); integers and floats stay numbers.
+    /// REPORTER_METRIC takes several, separated by commas.
     #[arg(long = "metric", env = "REPORTER_METRIC", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_metric)]
     pub metrics: Vec<(String, serde_json::Value)>,
     /// `false`: nothing touches the store or the network.

@@ -310,7 +310,13 @@ impl Leader {
             Some(_) => expired,
         };
         if !free {
-            return Ok(self.cfg.poll_period);
+            // Poll again at the usual period, or right when the lease would expire if it stays
+            // as it is, so a dead leader is replaced within one TTL plus one polling period.
+            let expires_in = (since + self.cfg.ttl).saturating_duration_since(started);
+            return Ok(self
+                .cfg
+                .poll_period
+                .min(expires_in + Duration::from_millis(1)));
         }
         let record_new = self.record(*max_term + 1, None);
         match self

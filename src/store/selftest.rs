@@ -116,6 +116,68 @@ pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<(), Se
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Backend, Object, Version};
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    /// A store that accepts conditional writes and ignores the condition, as some
+    /// S3-compatible servers do.
+    #[derive(Debug)]
+    struct Lying {
+        inner: crate::store::cloud::CloudStore,
+        ignore_create: bool,
+    }
+
+    #[async_trait]
+    impl Backend for Lying {
+        async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
+            self.inner.get(key, limit).await
+        }
+        async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+            if self.ignore_create {
+                if let Ok(obj) = self.inner.get(key, 1 << 20).await {
+                    return self.inner.update(key, bytes, &obj.version).await;
+                }
+            }
+            self.inner.create(key, bytes).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            bytes: Bytes,
+            _: &Version,
+        ) -> Result<Version, StoreError> {
+            let current = self.inner.get(key, 1 << 20).await?.version;
+            self.inner.update(key, bytes, &current).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key).await
+        }
+        fn describe(&self) -> String {
+            "lying://".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_that_ignore_conditions_are_refused() {
+        for ignore_create in [true, false] {
+            let store = Store::new(Arc::new(Lying {
+                inner: crate::store::cloud::CloudStore::memory(),
+                ignore_create,
+            }));
+            let err = check(&store, &CancellationToken::new()).await.unwrap_err();
+            match (ignore_create, &err) {
+                (true, SelfTestError::CreateIgnored { .. }) => {}
+                (false, SelfTestError::CasIgnored { .. }) => {}
+                _ => panic!("{ignore_create}: {err}"),
+            }
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
 
     #[tokio::test]
     async fn memory_and_local_stores_pass() {
