@@ -379,6 +379,7 @@ async fn run(
 /// Re-reads the seed every `period`; restores it if it vanished or was corrupted.
 async fn guard_seed(keeper: SeedKeeper, seed: Seed, period: Duration, shutdown: CancellationToken) {
     let mut failing = false;
+    let mut foreign_seen: Option<String> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -392,11 +393,14 @@ async fn guard_seed(keeper: SeedKeeper, seed: Seed, period: Duration, shutdown: 
                 failing = true;
             }
             CheckOutcome::Foreign(uid) => {
-                tracing::warn!(
-                    found = %uid,
-                    kept = seed.uid(),
-                    "the bucket holds another cluster's seed; this replica keeps its identity"
-                );
+                if foreign_seen.as_deref() != Some(uid.as_str()) {
+                    tracing::warn!(
+                        found = %uid,
+                        kept = seed.uid(),
+                        "the bucket holds another cluster's seed; this replica keeps its identity"
+                    );
+                    foreign_seen = Some(uid);
+                }
             }
             _ => failing = false,
         }

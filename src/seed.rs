@@ -330,6 +330,10 @@ impl SeedKeeper {
     /// (corrupted) with the exact bytes `known` was adopted as. Never overwrites a valid seed.
     pub async fn check(&self, known: &Seed) -> CheckOutcome {
         let obj = match self.store.get_limited(&self.name, MAX_SEED_BYTES).await {
+            Err(StoreError::TooLarge { version, .. }) => crate::store::Object {
+                bytes: Bytes::new(),
+                version,
+            },
             Ok(obj) => obj,
             Err(StoreError::NotFound { .. }) => {
                 return match self.store.create(&self.name, known.raw.clone()).await {
@@ -455,6 +459,14 @@ mod tests {
         assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
         let v = store.get("s.json").await.unwrap().version;
         store.update("s.json", "{}", &v).await.unwrap();
+        assert_eq!(keeper.check(&seed).await, CheckOutcome::Repaired);
+        assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
+        // Past the read cap: still repaired, at the version it was seen at.
+        let v = store.get("s.json").await.unwrap().version;
+        store
+            .update("s.json", vec![b'x'; MAX_SEED_BYTES * 2], &v)
+            .await
+            .unwrap();
         assert_eq!(keeper.check(&seed).await, CheckOutcome::Repaired);
         assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
     }

@@ -261,7 +261,7 @@ impl Statistics {
 /// Counts distinct words; never reset.
 pub struct WordCounter {
     hasher: RandomState,
-    shards: [Padded<Mutex<HashSet<u64>>>; SHARDS],
+    shards: [Padded<RwLock<HashSet<u64>>>; SHARDS],
 }
 
 impl Default for WordCounter {
@@ -285,8 +285,12 @@ impl WordCounter {
     pub fn add(&self, word: &str) {
         let h = self.hasher.hash_one(word);
         // The shard is chosen by hash, so a word lives in one shard only.
-        let shard = (h >> 58) as usize % SHARDS;
-        let mut set = match self.shards[shard].0.lock() {
+        let shard = &self.shards[(h >> 58) as usize % SHARDS].0;
+        // Most adds are words already seen: a shared read lock answers those.
+        if shard.read().map(|set| set.contains(&h)).unwrap_or(false) {
+            return;
+        }
+        let mut set = match shard.write() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -295,7 +299,7 @@ impl WordCounter {
     pub fn count(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.0.lock().map(|set| set.len() as u64).unwrap_or(0))
+            .map(|s| s.0.read().map(|set| set.len() as u64).unwrap_or(0))
             .sum()
     }
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,35 +13,12 @@ use common::{Bucket, Proc, Receiver};
 use tokio_util::sync::CancellationToken;
 use usage_reporter::health::Health;
 use usage_reporter::lease::{Leader, LeaseConfig};
-use usage_reporter::seed::{SeedKeeper, DEFAULT_SEED_NAME};
+use usage_reporter::seed::DEFAULT_SEED_NAME;
 use usage_reporter::store::{selftest, Store, StoreError};
-use usage_reporter::BuildInfo;
 
 /// A store per racer (its own client), except memory, which only exists once.
 fn racers(b: &Bucket, n: usize) -> Vec<Store> {
     (0..n).map(|_| b.store()).collect()
-}
-
-async fn agree_all(stores: &[Store]) -> HashSet<String> {
-    let tasks: Vec<_> = stores
-        .iter()
-        .map(|s| {
-            let keeper = SeedKeeper::new(s.clone(), DEFAULT_SEED_NAME, BuildInfo::reporter());
-            tokio::spawn(async move {
-                keeper
-                    .agree(&CancellationToken::new())
-                    .await
-                    .unwrap()
-                    .uid()
-                    .to_string()
-            })
-        })
-        .collect();
-    let mut ids = HashSet::new();
-    for t in tasks {
-        ids.insert(t.await.unwrap());
-    }
-    ids
 }
 
 fn successes(stores: &[Store], op: &str, memory: bool) -> u64 {
@@ -60,24 +36,7 @@ async fn seed_race(b: Bucket) {
         let sub = format!("round{round}/{DEFAULT_SEED_NAME}");
         let stores = racers(&b, 40);
         let before = successes(&stores, "create", !b.multi_process());
-        let tasks: Vec<_> = stores
-            .iter()
-            .map(|s| {
-                let keeper = SeedKeeper::new(s.clone(), sub.clone(), BuildInfo::reporter());
-                tokio::spawn(async move {
-                    keeper
-                        .agree(&CancellationToken::new())
-                        .await
-                        .unwrap()
-                        .uid()
-                        .to_string()
-                })
-            })
-            .collect();
-        let mut ids = HashSet::new();
-        for t in tasks {
-            ids.insert(t.await.unwrap());
-        }
+        let ids = common::agree_all(&stores, &sub).await;
         assert_eq!(ids.len(), 1, "{}: round {round}: {ids:?}", b.name);
         let after = successes(&stores, "create", !b.multi_process());
         assert_eq!(after - before, 1, "{}: one create wins", b.name);
@@ -91,7 +50,7 @@ async fn corrupted_seed_repair(b: Bucket) {
         .await
         .unwrap();
     let stores = racers(&b, 30);
-    let ids = agree_all(&stores).await;
+    let ids = common::agree_all(&stores, DEFAULT_SEED_NAME).await;
     assert_eq!(ids.len(), 1, "{}: {ids:?}", b.name);
     assert_eq!(
         successes(&stores, "update", !b.multi_process()),
@@ -283,34 +242,7 @@ async fn delivery_end_to_end(b: Bucket) {
     let procs: Vec<_> = (0..3).map(|_| Proc::run(&b, &args)).collect();
     let ids: Vec<_> = procs.iter().map(|p| p.instance_id()).collect();
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let posts = receiver.posts();
-    let mut seen = HashSet::new();
-    let mut by_slot: HashMap<String, HashSet<String>> = HashMap::new();
-    for p in &posts {
-        let k = (
-            p.json["interval"].as_str().unwrap().to_string(),
-            p.json["instanceID"].as_str().unwrap().to_string(),
-        );
-        assert!(seen.insert(k.clone()), "{}: delivered twice: {k:?}", b.name);
-        by_slot.entry(k.0).or_default().insert(k.1);
-    }
-    let mut slots: Vec<_> = by_slot.keys().cloned().collect();
-    slots.sort();
-    assert!(
-        slots.len() >= 3,
-        "{}: slots {slots:?}\n{}",
-        b.name,
-        procs[0].log()
-    );
-    for slot in &slots[1..] {
-        for id in &ids {
-            assert!(
-                by_slot[slot].contains(id),
-                "{}: slot {slot} lacks {id}",
-                b.name
-            );
-        }
-    }
+    common::check_once_per_slot(&receiver.posts(), &ids, 3, b.name);
 }
 
 macro_rules! backend {
@@ -320,29 +252,15 @@ macro_rules! backend {
             async fn bucket() -> Option<Bucket> {
                 $make
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn seed_race() {
-                if let Some(b) = bucket().await { super::seed_race(b).await }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn corrupted_seed_repair() {
-                if let Some(b) = bucket().await { super::corrupted_seed_repair(b).await }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn cas_no_lost_update() {
-                if let Some(b) = bucket().await { super::cas_no_lost_update(b).await }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn selftest_passes() {
-                if let Some(b) = bucket().await { super::selftest_passes(b).await }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn lease_handover_and_failover() {
-                if let Some(b) = bucket().await { super::lease_handover_and_failover(b).await }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn delivery_end_to_end() {
-                if let Some(b) = bucket().await { super::delivery_end_to_end(b).await }
+            backend!(@tests seed_race, corrupted_seed_repair, cas_no_lost_update, selftest_passes,
+                lease_handover_and_failover, delivery_end_to_end);
+        }
+    )*};
+    (@tests $($test:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $test() {
+            if let Some(b) = bucket().await {
+                super::$test(b).await
             }
         }
     )*};

@@ -77,12 +77,7 @@ impl Alive for Proc {
     }
 }
 
-type Key = (String, String, String);
-
-fn key(p: &common::Post) -> Key {
-    let s = |k: &str| p.json[k].as_str().unwrap_or_default().to_string();
-    (s("clusterID"), s("interval"), s("instanceID"))
-}
+use common::{key, Key};
 
 /// Every report kept in a local bucket, as (interval, instanceID) from the file's content.
 fn kept_reports(bucket: &Bucket) -> HashSet<Key> {
@@ -138,31 +133,7 @@ async fn every_slot_delivered_once_per_live_replica() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let posts = receiver.posts();
     assert_aligned(&posts);
-    let mut seen = HashSet::new();
-    for p in &posts {
-        assert!(seen.insert(key(p)), "delivered twice: {:?}", key(p));
-    }
-    // Slots fully inside the run: every replica's report for each.
-    let mut by_slot: HashMap<String, HashSet<String>> = HashMap::new();
-    for (_, slot, inst) in &seen {
-        by_slot
-            .entry(slot.clone())
-            .or_default()
-            .insert(inst.clone());
-    }
-    let mut slots: Vec<_> = by_slot.keys().cloned().collect();
-    slots.sort();
-    assert!(slots.len() >= 5, "too few slots delivered: {slots:?}");
-    // The first slot may precede some replica's start; the others must be complete.
-    for slot in &slots[1..] {
-        let got = &by_slot[slot];
-        for id in &ids {
-            assert!(
-                got.contains(id),
-                "slot {slot}: report of {id} missing; got {got:?}"
-            );
-        }
-    }
+    let seen = common::check_once_per_slot(&posts, &ids, 5, "local");
     // Whatever the bucket holds was delivered, or is about to be (the slot in progress).
     let kept = kept_reports(&bucket);
     let undelivered: Vec<_> = kept.difference(&seen).collect();
@@ -397,5 +368,47 @@ async fn receiver_down_past_the_age_bound_drops_and_counts_old_reports() {
             "stale report delivered: {}",
             p.json["interval"]
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_does_not_act_when_it_resumes() {
+    let receiver = Receiver::start().await;
+    let bucket = Bucket::local();
+    let procs: Vec<_> = (0..3)
+        .map(|_| Proc::run(&bucket, &fast(&receiver, &[])))
+        .collect();
+    let addrs: Vec<_> = procs.iter().map(|p| p.addr()).collect();
+    let pauses = 3;
+    for _ in 0..pauses {
+        let leader = leader_index(&procs, &addrs, Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        // SIGSTOP for three TTLs: the others take over meanwhile.
+        procs[leader].signal(libc::SIGSTOP);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let others: Vec<_> = (0..procs.len()).filter(|i| *i != leader).collect();
+        let mut taken = false;
+        for i in &others {
+            taken |= is_leader(addrs[*i]).await;
+        }
+        assert!(taken, "nobody took over from a stopped leader");
+        procs[leader].signal(libc::SIGCONT);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut counts: HashMap<Key, usize> = HashMap::new();
+    for p in receiver.posts() {
+        *counts.entry(key(&p)).or_default() += 1;
+    }
+    let repeats: usize = counts.values().map(|c| c - 1).sum();
+    // A process stopped exactly between its leadership check and its POST may repeat that one
+    // report; nothing else may.
+    assert!(
+        repeats <= pauses,
+        "{repeats} repeats for {pauses} pauses: {counts:?}"
+    );
+    for p in &procs {
+        assert!(!p.log().contains("panicked"), "{}", p.log());
     }
 }

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{reporter, Bucket, Proc};
-use tokio_util::sync::CancellationToken;
-use usage_reporter::seed::{Seed, SeedKeeper, DEFAULT_SEED_NAME};
+use usage_reporter::seed::{Seed, DEFAULT_SEED_NAME};
 use usage_reporter::store::Store;
-use usage_reporter::BuildInfo;
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(
@@ -28,23 +26,7 @@ fn fixtures(dir: &str) -> Vec<PathBuf> {
 
 /// `n` tasks race on `store`; returns the distinct cluster IDs they agreed on.
 async fn race_tasks(store: &Store, n: usize) -> HashSet<String> {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let keeper = SeedKeeper::new(store.clone(), DEFAULT_SEED_NAME, BuildInfo::reporter());
-        tasks.push(tokio::spawn(async move {
-            keeper
-                .agree(&CancellationToken::new())
-                .await
-                .unwrap()
-                .uid()
-                .to_string()
-        }));
-    }
-    let mut ids = HashSet::new();
-    for t in tasks {
-        ids.insert(t.await.unwrap());
-    }
-    ids
+    common::agree_all(&vec![store.clone(); n], DEFAULT_SEED_NAME).await
 }
 
 fn seed_on_disk(bucket: &Bucket) -> Seed {

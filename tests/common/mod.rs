@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::{HashMap, HashSet};
+
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use usage_reporter::store::{self, Store};
@@ -401,4 +403,67 @@ fn header(h: &HeaderMap, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
+}
+
+/// `stores.len()` replicas race to agree on the seed `name`; the distinct IDs they adopted.
+pub async fn agree_all(stores: &[Store], name: &str) -> HashSet<String> {
+    let tasks: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            let keeper = usage_reporter::seed::SeedKeeper::new(
+                s.clone(),
+                name,
+                usage_reporter::BuildInfo::reporter(),
+            );
+            tokio::spawn(async move {
+                let cancel = tokio_util::sync::CancellationToken::new();
+                keeper.agree(&cancel).await.unwrap().uid().to_string()
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap());
+    }
+    ids
+}
+
+/// (clusterID, interval, instanceID) of a delivered report.
+pub type Key = (String, String, String);
+
+pub fn key(p: &Post) -> Key {
+    let s = |k: &str| p.json[k].as_str().unwrap_or_default().to_string();
+    (s("clusterID"), s("interval"), s("instanceID"))
+}
+
+/// Checks that no report was delivered twice, that at least `min_slots` slots were, and that
+/// every replica in `ids` is in every slot but the first (which may precede a start).
+pub fn check_once_per_slot(
+    posts: &[Post],
+    ids: &[String],
+    min_slots: usize,
+    what: &str,
+) -> HashSet<Key> {
+    let mut seen = HashSet::new();
+    let mut by_slot: HashMap<String, HashSet<String>> = HashMap::new();
+    for p in posts {
+        let k = key(p);
+        assert!(seen.insert(k.clone()), "{what}: delivered twice: {k:?}");
+        by_slot.entry(k.1).or_default().insert(k.2);
+    }
+    let mut slots: Vec<_> = by_slot.keys().cloned().collect();
+    slots.sort();
+    assert!(
+        slots.len() >= min_slots,
+        "{what}: too few slots delivered: {slots:?}"
+    );
+    for slot in &slots[1..] {
+        for id in ids {
+            assert!(
+                by_slot[slot].contains(id),
+                "{what}: slot {slot} lacks the report of {id}"
+            );
+        }
+    }
+    seen
 }
