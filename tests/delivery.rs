@@ -143,6 +143,9 @@ async fn every_slot_delivered_once_per_live_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_slot_and_repeats_at_most_once_per_kill() {
     let receiver = Receiver::start().await;
+    // A slow receiver stretches every delivery pass over most of the slot, so kills at random
+    // moments often land in the middle of one.
+    receiver.set_delay(Duration::from_millis(150));
     let bucket = Bucket::local();
     let mut procs: Vec<_> = (0..3)
         .map(|_| Proc::run(&bucket, &fast(&receiver, &[])))

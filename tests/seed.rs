@@ -350,3 +350,76 @@ fn bad_arguments_exit_2_with_one_line() {
     assert_eq!(code, 0);
     assert!(out.contains("run"));
 }
+
+#[test]
+fn seed_show_prints_id_age_and_version() {
+    let bucket = Bucket::local();
+    std::fs::create_dir_all(&bucket.url).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/seeds/tempo.json");
+    std::fs::copy(&fixture, Path::new(&bucket.url).join(DEFAULT_SEED_NAME)).unwrap();
+    let (code, out, err) = reporter(&["seed", "show", "--store", &bucket.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("clusterID: 3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e"),
+        "{out}"
+    );
+    assert!(
+        out.contains("createdAt: 2024-08-09T18:28:28.123456789Z ("),
+        "{out}"
+    );
+    assert!(
+        out.contains(" ago)") && out.contains("\"goVersion\":\"go1.22.5\""),
+        "{out}"
+    );
+    // The same through file:// and a custom seed name.
+    std::fs::copy(
+        &fixture,
+        Path::new(&bucket.url).join("tempo_cluster_seed.json"),
+    )
+    .unwrap();
+    let url = format!("file://{}", bucket.url);
+    let (code, out, _) = reporter(&[
+        "seed",
+        "show",
+        "--json",
+        "--store",
+        &url,
+        "--seed-name",
+        "tempo_cluster_seed.json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["ageSeconds"].as_u64().unwrap() > 86400 * 365);
+}
+
+#[test]
+fn flags_are_read_from_the_environment() {
+    let bucket = Bucket::local();
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.args(["run", "--listen", "127.0.0.1:0"])
+            .env("REPORTER_STORE", &bucket.url);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let out = run(&[("REPORTER_INTERVAL", "4x")])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = run(&[("REPORTER_TARGET", "compactor")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Path::new(&bucket.url).join(DEFAULT_SEED_NAME).exists() {
+        assert!(Instant::now() < deadline, "REPORTER_STORE was not used");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -37,6 +37,7 @@ pub struct Bucket {
 /// Whether backend tests must run (the test script sets this) or may be skipped.
 fn required() -> bool {
     std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 fn missing(name: &str, var: &str) -> Option<Bucket> {
@@ -327,6 +328,7 @@ pub struct Receiver {
     pub posts: Arc<Mutex<Vec<Post>>>,
     pub failures: Arc<Mutex<Vec<Post>>>,
     fail_next: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -345,12 +347,20 @@ impl Receiver {
         let posts = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let fail_next = Arc::new(AtomicUsize::new(0));
-        let (p, f, n) = (posts.clone(), failures.clone(), fail_next.clone());
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let (p, f, n, d) = (
+            posts.clone(),
+            failures.clone(),
+            fail_next.clone(),
+            delay_ms.clone(),
+        );
         let app = axum::Router::new().route(
             "/report",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (p, f, n) = (p.clone(), f.clone(), n.clone());
+                let (p, f, n, d) = (p.clone(), f.clone(), n.clone(), d.clone());
                 async move {
+                    let delay = d.load(Ordering::SeqCst) as u64;
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                     let post = Post {
                         json: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
                         body,
@@ -380,8 +390,15 @@ impl Receiver {
             posts,
             failures,
             fail_next,
+            delay_ms,
             task,
         }
+    }
+
+    /// Every POST takes this long to answer.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms
+            .store(d.as_millis() as usize, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
