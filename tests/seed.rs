@@ -241,6 +241,7 @@ fn seed_show_reports_absent_corrupted_and_unreachable_in_one_line() {
     assert!(!err.contains("corrupted"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains(common::SECRET), "secret in output: {err}");
     // Bounded retries: three attempts, not ten minutes of them.
     assert!(started.elapsed() < Duration::from_secs(60));
 }
@@ -269,6 +270,7 @@ fn run_against_an_unreachable_store_retries_quietly_and_claims_no_corruption() {
     let log = p.log();
     assert!(!log.contains("corrupted"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains(common::SECRET), "secret in the log: {log}");
     let warnings = log.lines().filter(|l| l.contains("WARN")).count();
     assert!(
         (1..=2).contains(&warnings),

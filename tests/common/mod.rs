@@ -143,12 +143,15 @@ impl Bucket {
     }
 }
 
+/// The S3 secret key tests use; it must never show in any output.
+pub const SECRET: &str = "secret-sentinel-4d1f";
+
 pub fn s3_options(endpoint: &str) -> Vec<(String, String)> {
     vec![
         ("aws_endpoint".into(), endpoint.to_string()),
         ("aws_allow_http".into(), "true".into()),
         ("aws_access_key_id".into(), "test".into()),
-        ("aws_secret_access_key".into(), "test".into()),
+        ("aws_secret_access_key".into(), SECRET.into()),
         ("aws_region".into(), "us-east-1".into()),
     ]
 }
