@@ -424,14 +424,7 @@ async fn freeze_slots(
     let mut done = slots::last_slot(&created, chrono::Utc::now(), interval);
     loop {
         let now = chrono::Utc::now();
-        let Some(due) = slots::last_slot(&created, now, interval) else {
-            // Before the seed's creation time (a clock behind the seed writer's): wait.
-            if sleep_or_stop(MAX_SLEEP, &shutdown).await {
-                return;
-            }
-            continue;
-        };
-        if done.is_none_or(|d| due > d) {
+        if let Some(due) = slots::slot_to_freeze(&created, now, interval, done) {
             let report = source.freeze(due);
             delivery
                 .keep(due, &source.instance_id().to_string(), report, &shutdown)

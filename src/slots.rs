@@ -52,6 +52,20 @@ pub fn last_slot(
     to_time(c + (n - c) / i * i)
 }
 
+/// The slot to freeze at `now`, if any: the last slot at or before `now`, when it is later than
+/// `done`, the last slot frozen. After a forward clock jump or a suspended host this is only the
+/// latest slot passed (its report covers the whole gap); after a backward jump it is nothing
+/// until the clock is past `done` again. So no slot is frozen twice.
+pub fn slot_to_freeze(
+    created_at: &DateTime<FixedOffset>,
+    now: DateTime<Utc>,
+    interval: Duration,
+    done: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let due = last_slot(created_at, now, interval)?;
+    done.is_none_or(|d| due > d).then_some(due)
+}
+
 /// A slot as a fixed-width key segment: nanoseconds since the epoch, zero-padded, so that
 /// names sort in time order.
 pub fn slot_key(slot: DateTime<Utc>) -> String {
@@ -113,6 +127,48 @@ mod tests {
             slot + chrono::Duration::hours(4)
         );
         assert_eq!(last_slot(&created, after, i).unwrap(), slot);
+    }
+
+    #[test]
+    fn clock_jumps_neither_skip_the_latest_slot_nor_double_one() {
+        let created = t("2024-01-01T00:00:00Z");
+        let h = Duration::from_secs(3600);
+        let at = |s: &str| t(s).to_utc();
+        // Started at 00:30: the 00:00 slot passed before the start and is not frozen.
+        let mut done = last_slot(&created, at("2024-01-01T00:30:00Z"), h);
+        assert_eq!(
+            slot_to_freeze(&created, at("2024-01-01T00:59:59Z"), h, done),
+            None
+        );
+        // On time.
+        let s1 = slot_to_freeze(&created, at("2024-01-01T01:00:00Z"), h, done).unwrap();
+        assert_eq!(s1, at("2024-01-01T01:00:00Z"));
+        done = Some(s1);
+        assert_eq!(
+            slot_to_freeze(&created, at("2024-01-01T01:00:04Z"), h, done),
+            None
+        );
+        // Suspended until 04:10: one report, for the latest slot.
+        let s2 = slot_to_freeze(&created, at("2024-01-01T04:10:00Z"), h, done).unwrap();
+        assert_eq!(s2, at("2024-01-01T04:00:00Z"));
+        done = Some(s2);
+        // The clock steps back two hours: nothing until it passes 05:00.
+        for now in [
+            "2024-01-01T02:10:00Z",
+            "2024-01-01T03:59:59Z",
+            "2024-01-01T04:59:59Z",
+        ] {
+            assert_eq!(slot_to_freeze(&created, at(now), h, done), None, "{now}");
+        }
+        assert_eq!(
+            slot_to_freeze(&created, at("2024-01-01T05:00:00Z"), h, done),
+            Some(at("2024-01-01T05:00:00Z"))
+        );
+        // Before the seed's creation (a clock behind the seed writer's): nothing.
+        assert_eq!(
+            slot_to_freeze(&created, at("2023-12-31T23:00:00Z"), h, None),
+            None
+        );
     }
 
     #[test]
