@@ -343,6 +343,7 @@ pub async fn lead(
     let mut retry_at: Option<Instant> = None;
     let mut retry_delays = backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
     let mut last_pass_slot: Option<DateTime<Utc>> = None;
+    let mut listening = true;
     loop {
         let now = Utc::now();
         // The slot whose collection window has closed most recently.
@@ -381,9 +382,11 @@ pub async fn lead(
             continue;
         }
         if leader.term().is_none() {
-            // Not leader: the windows that close meanwhile are the next leader's business.
+            // Not leader: the windows that close meanwhile, and any retry, are the next
+            // leader's business.
             last_pass_slot = window;
             due_now = false;
+            retry_at = None;
         }
         let next_window = slots::next_slot(
             &created,
@@ -402,12 +405,12 @@ pub async fn lead(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
-            changed = terms.changed() => {
-                if changed.is_ok() && terms.borrow().is_some() {
-                    // A new leader continues where the old one stopped.
-                    due_now = true;
-                }
-            }
+            changed = terms.changed(), if listening => match changed {
+                // A new leader continues where the old one stopped.
+                Ok(()) => due_now |= terms.borrow().is_some(),
+                // The election has ended; the periodic checks above still run.
+                Err(_) => listening = false,
+            },
         }
     }
     let _ = election.await;
