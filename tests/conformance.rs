@@ -227,18 +227,7 @@ async fn delivery_end_to_end(b: Bucket) {
         return;
     }
     let receiver = Receiver::start().await;
-    let args = [
-        "--interval",
-        "1s",
-        "--lease-ttl",
-        "2s",
-        "--collect-delay",
-        "300ms",
-        "--retention",
-        "1h",
-        "--stats-url",
-        &receiver.url(),
-    ];
+    let args = common::fast_args(&receiver.url(), "2s");
     let procs: Vec<_> = (0..3).map(|_| Proc::run(&b, &args)).collect();
     let ids: Vec<_> = procs.iter().map(|p| p.instance_id()).collect();
     tokio::time::sleep(Duration::from_secs(7)).await;

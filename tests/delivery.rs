@@ -13,21 +13,7 @@ use common::{Bucket, Proc, Receiver};
 
 /// Short timings for tests: 1 s slots, 1 s lease.
 fn fast(receiver: &Receiver, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--interval",
-        "1s",
-        "--lease-ttl",
-        "1s",
-        "--collect-delay",
-        "300ms",
-        "--retention",
-        "1h",
-        "--stats-url",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push(receiver.url());
+    let mut v = common::fast_args(&receiver.url(), "1s");
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -225,18 +211,7 @@ async fn sigterm_releases_the_lease_and_a_follower_takes_over_before_the_ttl() {
     let receiver = Receiver::start().await;
     let bucket = Bucket::local();
     // A long TTL makes "waiting out the TTL" visible.
-    let args = [
-        "--interval",
-        "1s",
-        "--lease-ttl",
-        "10s",
-        "--collect-delay",
-        "300ms",
-        "--retention",
-        "1h",
-        "--stats-url",
-        &receiver.url(),
-    ];
+    let args = common::fast_args(&receiver.url(), "10s");
     let mut procs: Vec<_> = (0..3).map(|_| Proc::run(&bucket, &args)).collect();
     let addrs: Vec<_> = procs.iter().map(|p| p.addr()).collect();
     let leader = leader_index(&procs, &addrs, Duration::from_secs(20))

@@ -225,16 +225,8 @@ fn seed_show_reports_absent_corrupted_and_unreachable_in_one_line() {
 
     // An S3 endpoint on 127.0.0.1 where nothing listens.
     let started = Instant::now();
-    let mut args = vec![
-        "seed".to_string(),
-        "show".into(),
-        "--store".into(),
-        "s3://nobucket/p".into(),
-    ];
-    for (k, v) in common::s3_options("http://127.0.0.1:1") {
-        args.push("--store-option".into());
-        args.push(format!("{k}={v}"));
-    }
+    let mut args = vec!["seed".to_string(), "show".into()];
+    args.extend(common::unreachable_s3_args());
     let (code, _, err) = reporter(&args);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot read the cluster seed"), "{err}");
@@ -248,17 +240,8 @@ fn seed_show_reports_absent_corrupted_and_unreachable_in_one_line() {
 
 #[test]
 fn run_against_an_unreachable_store_retries_quietly_and_claims_no_corruption() {
-    let mut args = vec![
-        "run".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--store".into(),
-        "s3://nobucket/p".into(),
-    ];
-    for (k, v) in common::s3_options("http://127.0.0.1:1") {
-        args.push("--store-option".into());
-        args.push(format!("{k}={v}"));
-    }
+    let mut args = vec!["run".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+    args.extend(common::unreachable_s3_args());
     let mut p = Proc::spawn(&args);
     p.addr();
     std::thread::sleep(Duration::from_secs(4));

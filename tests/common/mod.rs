@@ -487,3 +487,33 @@ pub fn check_once_per_slot(
     }
     seen
 }
+
+/// `reporter run` timings for tests: 1 s slots, the given lease TTL, 300 ms collect delay,
+/// nothing cleaned up during the test, delivery to `stats_url`.
+pub fn fast_args(stats_url: &str, lease_ttl: &str) -> Vec<String> {
+    [
+        "--interval",
+        "1s",
+        "--lease-ttl",
+        lease_ttl,
+        "--collect-delay",
+        "300ms",
+        "--retention",
+        "1h",
+        "--stats-url",
+        stats_url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `--store s3://nobucket/p` with options pointing at 127.0.0.1:1, where nothing listens.
+pub fn unreachable_s3_args() -> Vec<String> {
+    let mut args = vec!["--store".to_string(), "s3://nobucket/p".into()];
+    for (k, v) in s3_options("http://127.0.0.1:1") {
+        args.push("--store-option".into());
+        args.push(format!("{k}={v}"));
+    }
+    args
+}
