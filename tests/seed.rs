@@ -408,3 +408,28 @@ fn flags_are_read_from_the_environment() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn processes_killed_during_the_race_leave_a_valid_seed() {
+    for round in 0..5 {
+        let bucket = Bucket::local();
+        let mut procs: Vec<_> = (0..16)
+            .map(|_| Proc::run(&bucket, &[] as &[&str]))
+            .collect();
+        // SIGKILL every other process at a random moment of its first 30 ms.
+        for (i, p) in procs.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                let delay = uuid::Uuid::new_v4().as_u128() % 30;
+                std::thread::sleep(Duration::from_millis(delay as u64));
+                p.kill();
+            }
+        }
+        let survivors: Vec<_> = procs.iter().skip(1).step_by(2).collect();
+        let ids: HashSet<_> = survivors.iter().map(|p| outcome(p).0).collect();
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+        // Never a partial seed: what is on disk parses, and a newcomer adopts it.
+        assert_eq!(&seed_on_disk(&bucket).uid(), ids.iter().next().unwrap());
+        let late = Proc::run(&bucket, &[] as &[&str]);
+        assert_eq!(outcome(&late), (ids.into_iter().next().unwrap(), false));
+    }
+}
