@@ -418,6 +418,24 @@ mod tests {
         assert_eq!(Seed::parse(&huge).unwrap_err(), Corruption::TooLarge);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_accepts_only_valid_seeds(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok(seed) = Seed::parse(&bytes) {
+                proptest::prop_assert!(Uuid::parse_str(seed.uid()).is_ok());
+            }
+        }
+
+        #[test]
+        fn parse_accepts_any_fraction_and_offset(nanos in 0u32..1_000_000_000, digits in 0usize..10, offset_min in -840i32..840) {
+            let frac = if digits == 0 { String::new() } else { format!(".{:09}", nanos)[..digits + 1].to_string() };
+            let sign = if offset_min < 0 { '-' } else { '+' };
+            let zone = format!("{sign}{:02}:{:02}", offset_min.abs() / 60, offset_min.abs() % 60);
+            let text = format!(r#"{{"UID":"3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e","created_at":"2024-02-29T23:59:59{frac}{zone}"}}"#);
+            proptest::prop_assert!(Seed::parse(text.as_bytes()).is_ok(), "{}", text);
+        }
+    }
+
     #[test]
     fn generated_seed_round_trips() {
         let seed = Seed::generate(&BuildInfo::reporter());
