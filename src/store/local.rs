@@ -181,10 +181,17 @@ fn write_temp(key: &str, target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreEr
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+        // A concurrent delete may remove an emptied directory under us: make it again.
+        let mut attempts = 0;
+        let mut file = loop {
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                    fs::create_dir_all(dir)?;
+                }
+                other => break other?,
+            }
+        };
         file.write_all(bytes)?;
         file.sync_all()
     })();
@@ -261,7 +268,10 @@ impl Backend for LocalDir {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let dir = self.path_of(prefix.trim_end_matches('/'))?;
+        let dir = match prefix.trim_end_matches('/') {
+            "" => self.root.clone(),
+            p => self.path_of(p)?,
+        };
         let root = self.root.clone();
         let k = prefix.to_string();
         blocking(prefix, move || {
@@ -302,13 +312,93 @@ impl Backend for LocalDir {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let k = key.to_string();
+        let root = self.root.clone();
         blocking(key, move || {
-            fs::remove_file(&path).map_err(|e| map_io(&k, e))
+            fs::remove_file(&path).map_err(|e| map_io(&k, e))?;
+            // Object stores have no directories: do not leave empty ones behind either (one per
+            // slot would pile up). `remove_dir` fails, harmlessly, on one that is not empty.
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| *d != root && d.starts_with(&root)) {
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
         })
         .await
     }
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delete_leaves_no_empty_directories_and_create_recreates_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(tmp.path().join("b")).unwrap();
+        store
+            .create("usage/reports/1/a.json", Bytes::from("x"))
+            .await
+            .unwrap();
+        store
+            .create("usage/reports/1/b.json", Bytes::from("y"))
+            .await
+            .unwrap();
+        store
+            .create("usage/lease.json", Bytes::from("l"))
+            .await
+            .unwrap();
+        store.delete("usage/reports/1/a.json").await.unwrap();
+        assert!(tmp.path().join("b/usage/reports/1").is_dir());
+        store.delete("usage/reports/1/b.json").await.unwrap();
+        assert!(!tmp.path().join("b/usage/reports").exists());
+        assert!(tmp.path().join("b/usage/lease.json").is_file());
+        store
+            .create("usage/reports/2/a.json", Bytes::from("z"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list("usage/reports/").await.unwrap(),
+            ["usage/reports/2/a.json"]
+        );
+        assert!(matches!(
+            store.delete("usage/reports/9/none.json").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn versions_change_with_content_and_guard_updates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(tmp.path()).unwrap();
+        let v1 = store.create("k", Bytes::from("one")).await.unwrap();
+        assert!(matches!(
+            store.create("k", Bytes::from("two")).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        let v2 = store.update("k", Bytes::from("two"), &v1).await.unwrap();
+        assert_ne!(v1, v2);
+        assert!(matches!(
+            store.update("k", Bytes::from("three"), &v1).await,
+            Err(StoreError::Precondition { .. })
+        ));
+        assert!(matches!(
+            store.update("missing", Bytes::from("x"), &v1).await,
+            Err(StoreError::Precondition { .. })
+        ));
+        let got = store.get("k", 100).await.unwrap();
+        assert_eq!((got.bytes.as_ref(), got.version), (b"two".as_ref(), v2));
+        assert!(matches!(
+            store.get("k", 2).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        // No temporary or lock file is listed.
+        assert_eq!(store.list("").await.unwrap(), ["k"]);
     }
 }
