@@ -276,10 +276,23 @@ fn read_only_directory_is_not_corruption() {
     )
     .unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
-    let mut cmd = std::process::Command::new(common::bin());
+    // As root, run a copy of the binary as `nobody`, from a place `nobody` can reach whatever
+    // folder this checkout lives in.
+    let exe_dir = tempfile::tempdir().unwrap();
+    let mut exe = std::path::PathBuf::from(common::bin());
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::fs::set_permissions(exe_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = exe_dir.path().join("reporter");
+        std::fs::copy(&exe, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe = copy;
+    }
+    let mut cmd = std::process::Command::new(&exe);
     cmd.args(["run", "--listen", "127.0.0.1:0", "--store", &bucket.url])
+        .current_dir(exe_dir.path())
         .stderr(std::process::Stdio::piped());
-    if unsafe { libc::geteuid() } == 0 {
+    if root {
         cmd.uid(65534).gid(65534);
     }
     let child = cmd.spawn().unwrap();
