@@ -295,7 +295,18 @@ fn read_only_directory_is_not_corruption() {
     if root {
         cmd.uid(65534).gid(65534);
     }
-    let child = cmd.spawn().unwrap();
+    // A copy just written can be briefly "busy" while another test thread forks (the child holds
+    // our write descriptor until it execs): try again.
+    let mut attempts = 0;
+    let child = loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     std::thread::sleep(Duration::from_secs(3));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
