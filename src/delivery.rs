@@ -18,7 +18,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -26,8 +25,9 @@ use url::Url;
 
 use crate::health::Health;
 use crate::lease::Leader;
-use crate::replica::{sleep_or_stop, Options};
+use crate::replica::Options;
 use crate::report::Report;
+use crate::retry::{backoff, sleep_or_stop};
 use crate::seed::Seed;
 use crate::slots;
 use crate::store::{Store, StoreError};
@@ -312,15 +312,6 @@ impl Delivery {
         }
         Err(last)
     }
-}
-
-fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// Runs the election and, while leader, a delivery pass `collect_delay` after every slot, when

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::retry::{sleep_or_stop, StateLog};
 use crate::store::{Store, StoreError, Version};
 use crate::timefmt;
 
@@ -231,19 +232,18 @@ impl Leader {
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut observed: Option<Observed> = None;
         let mut max_term = 0u64;
-        let mut last_error: Option<&'static str> = None;
+        let mut log = StateLog::default();
         loop {
             let wait = match self.step(&mut observed, &mut max_term).await {
                 Ok(wait) => {
-                    if last_error.take().is_some() {
+                    if log.recovered() {
                         tracing::info!("lease: store reachable again");
                     }
                     wait
                 }
                 Err(e) => {
-                    if last_error != Some(e.kind()) {
+                    if log.failing(e.kind()) {
                         tracing::warn!(error = %e, "lease: store call failed; retrying");
-                        last_error = Some(e.kind());
                     }
                     if self.leading.borrow().is_some() {
                         self.cfg.retry_period
@@ -259,7 +259,7 @@ impl Leader {
                 self.set_leading(None);
                 observed = None;
             }
-            if crate::replica::sleep_or_stop(wait, &shutdown).await {
+            if sleep_or_stop(wait, &shutdown).await {
                 self.release(&observed).await;
                 return;
             }

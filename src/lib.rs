@@ -29,6 +29,7 @@ pub mod http;
 pub mod lease;
 pub mod replica;
 pub mod report;
+mod retry;
 pub mod seed;
 pub mod slots;
 pub mod stats;

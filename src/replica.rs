@@ -22,6 +22,7 @@ use crate::delivery::{Delivery, DeliveryConfig};
 use crate::health::Health;
 use crate::lease::{Leader, LeaseConfig};
 use crate::report::ReportSource;
+use crate::retry::{sleep_or_stop, StateLog};
 use crate::seed::{CheckOutcome, Seed, SeedKeeper};
 use crate::stats::{self, Registry};
 use crate::store::{self, Store};
@@ -378,7 +379,7 @@ async fn run(
 
 /// Re-reads the seed every `period`; restores it if it vanished or was corrupted.
 async fn guard_seed(keeper: SeedKeeper, seed: Seed, period: Duration, shutdown: CancellationToken) {
-    let mut failing = false;
+    let mut log = StateLog::default();
     let mut foreign_seen: Option<String> = None;
     loop {
         tokio::select! {
@@ -387,10 +388,9 @@ async fn guard_seed(keeper: SeedKeeper, seed: Seed, period: Duration, shutdown: 
         }
         match keeper.check(&seed).await {
             CheckOutcome::Failed(e) => {
-                if !failing {
+                if log.failing(e.clone()) {
                     tracing::warn!(error = %e, "cannot check the cluster seed; will try again");
                 }
-                failing = true;
             }
             CheckOutcome::Foreign(uid) => {
                 if foreign_seen.as_deref() != Some(uid.as_str()) {
@@ -402,7 +402,11 @@ async fn guard_seed(keeper: SeedKeeper, seed: Seed, period: Duration, shutdown: 
                     foreign_seen = Some(uid);
                 }
             }
-            _ => failing = false,
+            _ => {
+                if log.recovered() {
+                    tracing::info!("cluster seed checked again");
+                }
+            }
         }
     }
 }
@@ -440,14 +444,6 @@ async fn freeze_slots(
         if sleep_or_stop(wait, &shutdown).await {
             return;
         }
-    }
-}
-
-/// Sleeps; `true` if shutdown fired first.
-pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
     }
 }
 

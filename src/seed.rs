@@ -16,7 +16,6 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::Value;
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::build_info::BuildInfo;
+use crate::retry::{backoff, sleep_or_stop, StateLog};
 use crate::store::{Store, StoreError};
 use crate::timefmt;
 
@@ -180,34 +180,6 @@ pub struct SeedKeeper {
     build: BuildInfo,
 }
 
-/// A log line when the state changes, not on every attempt.
-#[derive(Default)]
-struct StateLog(Option<String>);
-
-impl StateLog {
-    fn failing(&mut self, what: &str, err: &StoreError) {
-        let kind = format!("{what}:{}", err.kind());
-        if self.0.as_deref() != Some(kind.as_str()) {
-            tracing::warn!(error = %err, "cluster seed: {what} failed; retrying with backoff");
-            self.0 = Some(kind);
-        }
-    }
-    fn recovered(&mut self) {
-        if self.0.take().is_some() {
-            tracing::info!("cluster seed: store reachable again");
-        }
-    }
-}
-
-fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(60))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 impl SeedKeeper {
     pub fn new(store: Store, name: impl Into<String>, build: BuildInfo) -> Self {
         SeedKeeper {
@@ -237,19 +209,23 @@ impl SeedKeeper {
     /// Agrees on the cluster seed with every other replica; retries until it is known or
     /// `shutdown` fires.
     pub async fn agree(&self, shutdown: &CancellationToken) -> Result<Seed, AgreeError> {
-        let mut delays = backoff();
+        let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(60));
         let mut log = StateLog::default();
         let mut conflicts = 0u32;
         loop {
             let step = self.agree_once().await;
             let wait = match step {
                 Step::Done(seed) => {
-                    log.recovered();
+                    if log.recovered() {
+                        tracing::info!("cluster seed: store reachable again");
+                    }
                     return Ok(seed);
                 }
                 Step::Unsupported(e) => return Err(AgreeError::Unsupported(e)),
                 Step::Conflict => {
-                    log.recovered();
+                    if log.recovered() {
+                        tracing::info!("cluster seed: store reachable again");
+                    }
                     conflicts += 1;
                     // A lost race is progress; retry at once, but never spin on a store that
                     // keeps contradicting itself.
@@ -259,13 +235,14 @@ impl SeedKeeper {
                     delays.next().unwrap_or(Duration::from_secs(1))
                 }
                 Step::Failed(what, e) => {
-                    log.failing(what, &e);
+                    if log.failing(format!("{what}:{}", e.kind())) {
+                        tracing::warn!(error = %e, "cluster seed: {what} failed; retrying with backoff");
+                    }
                     delays.next().unwrap_or(Duration::from_secs(60))
                 }
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(AgreeError::Shutdown),
-                _ = tokio::time::sleep(wait) => {}
+            if sleep_or_stop(wait, shutdown).await {
+                return Err(AgreeError::Shutdown);
             }
         }
     }

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
+use crate::retry::{backoff, sleep_or_stop, StateLog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelfTestError {
@@ -81,33 +81,27 @@ async fn probe(store: &Store, key: &str) -> Probe {
 /// unsafe, or `shutdown` fires.
 pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<(), SelfTestError> {
     let key = format!("usage/selftest/{}.json", uuid::Uuid::new_v4().simple());
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(60))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let mut last_kind = None;
+    let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(60));
+    let mut log = StateLog::default();
     loop {
         let outcome = probe(store, &key).await;
         let _ = store.delete(&key).await;
         match outcome {
             Probe::Pass => {
-                if last_kind.is_some() {
+                if log.recovered() {
                     tracing::info!("store reachable again");
                 }
                 return Ok(());
             }
             Probe::Unsafe(e) => return Err(e),
             Probe::Retry(e) => {
-                if last_kind != Some(e.kind()) {
+                if log.failing(e.kind()) {
                     tracing::warn!(error = %e, "store self-test: the store did not answer; retrying with backoff");
-                    last_kind = Some(e.kind());
                 }
             }
         }
         let wait = delays.next().unwrap_or(Duration::from_secs(60));
-        if crate::replica::sleep_or_stop(wait, shutdown).await {
+        if sleep_or_stop(wait, shutdown).await {
             return Err(SelfTestError::Shutdown);
         }
     }
