@@ -238,10 +238,7 @@ async fn counter_rate_is_measured_and_reads_change_nothing() {
 async fn live_report_shows_the_seed_and_the_slot_in_progress() {
     let registry = Arc::new(Registry::new());
     let r = replica(registry).await;
-    common::eventually(Duration::from_secs(10), "seed known", || async {
-        common::get_json(r.local_addr(), "/status/usage-stats").await["clusterID"] != ""
-    })
-    .await;
+    common::wait_seed_known(r.local_addr()).await;
     let v = common::get_json(r.local_addr(), "/status/usage-stats").await;
     let created = timefmt::parse_rfc3339(v["createdAt"].as_str().unwrap()).unwrap();
     let slot = timefmt::parse_rfc3339(v["interval"].as_str().unwrap()).unwrap();
@@ -251,12 +248,7 @@ async fn live_report_shows_the_seed_and_the_slot_in_progress() {
         (slot - created).num_nanoseconds().unwrap() % 3_600_000_000_000,
         0
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", r.local_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(r.local_addr(), "/metrics").await;
     assert!(
         metrics.lines().any(|l| l == "usage_reporter_seed_known 1"),
         "{metrics}"
@@ -311,16 +303,8 @@ async fn a_report_carries_nothing_about_the_host_user_paths_or_environment() {
     let bucket = Bucket::local();
     let p = Proc::run(&bucket, &["--target", "querier"]);
     let addr = p.addr();
-    common::eventually(Duration::from_secs(10), "seed known", || async {
-        common::get_json(addr, "/status/usage-stats").await["clusterID"] != ""
-    })
-    .await;
-    let body = reqwest::get(format!("http://{addr}/status/usage-stats"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    common::wait_seed_known(addr).await;
+    let body = common::get_text(addr, "/status/usage-stats").await;
     let private = private_values(&bucket.url);
     assert!(private.len() > 5, "{private:?}");
     assert_private(&body, &private, "live report");
@@ -416,10 +400,7 @@ async fn several_processes_show_one_cluster_id() {
     let mut instances = HashSet::new();
     for p in &procs {
         let addr = p.addr();
-        common::eventually(Duration::from_secs(10), "seed known", || async {
-            common::get_json(addr, "/status/usage-stats").await["clusterID"] != ""
-        })
-        .await;
+        common::wait_seed_known(addr).await;
         let v = common::get_json(addr, "/status/usage-stats").await;
         ids.insert(v["clusterID"].as_str().unwrap().to_string());
         instances.insert(v["instanceID"].as_str().unwrap().to_string());

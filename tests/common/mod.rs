@@ -288,14 +288,26 @@ pub fn reporter<S: AsRef<str>>(args: &[S]) -> (i32, String, String) {
     )
 }
 
-pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
-    let body = reqwest::get(format!("http://{addr}{path}"))
+pub async fn get_text(addr: SocketAddr, path: &str) -> String {
+    reqwest::get(format!("http://{addr}{path}"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let body = get_text(addr, path).await;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Waits until the replica at `addr` shows a cluster ID.
+pub async fn wait_seed_known(addr: SocketAddr) {
+    eventually(Duration::from_secs(10), "seed known", || async {
+        get_json(addr, "/status/usage-stats").await["clusterID"] != ""
+    })
+    .await;
 }
 
 /// Waits until `f` holds, polling; panics with `what` on timeout.
