@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// How long delivered reports are kept in the bucket (default: 2 intervals).
     #[arg(long, env = "REPORTER_RETENTION", value_parser = parse_duration)]
     pub retention: Option<Duration>,
+    /// The deadline of one POST to --stats-url; a POST that misses it is retried, with the same
+    /// Idempotency-Key.
+    #[arg(long, env = "REPORTER_POST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub post_timeout: Duration,
 }
 
 fn parse_store_option(s: &str) -> Result<(String, String), String> {

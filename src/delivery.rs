@@ -1,40 +1,45 @@
 //! Reports in the bucket, and their delivery by the leader.
 //!
-//! Layout under the store prefix:
-//! - `usage/reports/<slot>/<instanceID>.json`: a replica's frozen report for a slot, the exact
-//!   bytes that will be POSTed; written once with create-if-absent.
-//! - `usage/delivered/<slot>/<instanceID>.json`: the record that it was delivered.
+//! Keys are in [`crate::layout`]: a replica's frozen report for a slot is
+//! `usage/reports/<slot>/<instanceID>.json`, the exact bytes that will be POSTed, written once
+//! with create-if-absent; `usage/delivered/<slot>/<instanceID>.json` records its delivery.
 //!
-//! `<slot>` is the slot's Unix time in nanoseconds, 20 digits, so keys sort by time.
+//! A delivery pass (leader only) lists both prefixes and walks the reports without a record,
+//! oldest first, once their slot is `collect_delay` old. For each one it checks leadership on
+//! its own clock, reads the bytes, vets them, POSTs them (retries with exponential backoff and
+//! jitter, the same bytes each time, an `Idempotency-Key` header, redirects never followed),
+//! then writes the record. A leader that dies between a POST and its record causes that one
+//! report to be sent again by the next leader. A record that cannot be written is retried by
+//! the same leader, never the POST. Reports older than `max_age` are dropped with a log line
+//! and a counter; delivered ones are deleted after `retention`.
 //!
-//! A delivery pass (leader only): list both prefixes; for every report without a record, oldest
-//! first, once its slot is `collect_delay` old: check leadership on our own clock, POST (retries
-//! with exponential backoff and jitter, the same bytes each time), then write the record. A
-//! leader that dies between a POST and its record causes that one report to be sent again by
-//! the next leader; nothing else can repeat a report. Reports older than `max_age` are dropped
-//! with a log line and a counter; delivered ones are deleted after `retention`.
+//! Only bytes that are a report of this cluster, whose `interval` and `instanceID` match their
+//! key, within [`MAX_REPORT_BYTES`], ever leave. Anything else under `usage/reports/` (garbage,
+//! an oversized object, a link, a key that is not ours) is logged once, counted and removed; a
+//! valid report of another cluster ID (left from a fork being healed) is held, unsent, until it
+//! ages out. One bad object never stops the pass.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::health::Health;
+use crate::layout::{parse_key, record_key, report_key, DELIVERED, REPORTS};
 use crate::lease::Leader;
 use crate::replica::Options;
-use crate::report::Report;
-use crate::retry::{backoff, sleep_or_stop};
+use crate::report::{Report, MAX_REPORT_BYTES};
+use crate::retry::{backoff, sleep_or_stop, StateLog};
 use crate::seed::Seed;
 use crate::slots;
 use crate::store::{Store, StoreError};
 use crate::timefmt;
-
-pub const REPORTS: &str = "usage/reports/";
-pub const DELIVERED: &str = "usage/delivered/";
 
 /// How the leader delivers.
 #[derive(Debug, Clone)]
@@ -46,6 +51,7 @@ pub struct DeliveryConfig {
     pub retention: Duration,
     /// POST attempts per report in one pass.
     pub attempts: usize,
+    /// The deadline of one POST, connection included (`--post-timeout`).
     pub request_timeout: Duration,
 }
 
@@ -58,28 +64,9 @@ impl DeliveryConfig {
             max_age: o.max_report_age.unwrap_or(o.interval * 6),
             retention: o.retention.unwrap_or(o.interval * 2),
             attempts: 5,
-            request_timeout: Duration::from_secs(5),
+            request_timeout: o.post_timeout,
         }
     }
-}
-
-fn report_key(slot: DateTime<Utc>, instance: &str) -> String {
-    format!("{REPORTS}{}/{instance}.json", slots::slot_key(slot))
-}
-
-fn record_key(slot: DateTime<Utc>, instance: &str) -> String {
-    format!("{DELIVERED}{}/{instance}.json", slots::slot_key(slot))
-}
-
-/// `(slot, instance)` from `usage/reports/<slot>/<instance>.json` (or the delivered form).
-fn parse_key(key: &str, prefix: &str) -> Option<(DateTime<Utc>, String)> {
-    let rest = key.strip_prefix(prefix)?;
-    let (slot, file) = rest.split_once('/')?;
-    let instance = file.strip_suffix(".json")?;
-    if instance.is_empty() || instance.contains('/') {
-        return None;
-    }
-    Some((slots::parse_slot_key(slot)?, instance.to_string()))
 }
 
 /// What a pass left behind.
@@ -87,8 +74,122 @@ fn parse_key(key: &str, prefix: &str) -> Option<(DateTime<Utc>, String)> {
 pub struct PassOutcome {
     pub delivered: usize,
     pub dropped: usize,
-    /// Reports that are due but were not delivered (failures, lost leadership).
+    /// Objects under `usage/reports/` that were not reports of this cluster, removed.
+    pub rejected: usize,
+    /// Reports that are due but were not delivered (failures, lost leadership), or delivered
+    /// but not yet recorded.
     pub pending: usize,
+}
+
+/// Why an object under `usage/reports/` is never sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("its key is not usage/reports/<slot>/<instanceID>.json")]
+    BadKey,
+    #[error("larger than {MAX_REPORT_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    NotRegular(&'static str),
+    #[error("not a report: {0}")]
+    Invalid(String),
+}
+
+impl Rejection {
+    /// The `reason` label of `usage_reporter_reports_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadKey => "bad_key",
+            Rejection::TooLarge => "too_large",
+            Rejection::NotRegular(_) => "not_regular",
+            Rejection::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// What vetting a report's bytes decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A report of this cluster matching its key; the `Idempotency-Key` to send it with.
+    Send(String),
+    /// A valid report of another cluster ID: held, never sent.
+    OtherCluster(String),
+    Reject(Rejection),
+}
+
+/// Vets bytes read at `usage/reports/<slot>/<instance>.json` for the cluster `seed`.
+pub fn vet(bytes: &[u8], seed: &Seed, slot: DateTime<Utc>, instance: &str) -> Verdict {
+    let invalid = |why: &str| Verdict::Reject(Rejection::Invalid(why.to_string()));
+    if bytes.len() > MAX_REPORT_BYTES {
+        return Verdict::Reject(Rejection::TooLarge);
+    }
+    let Ok(Value::Object(report)) = serde_json::from_slice::<Value>(bytes) else {
+        return invalid("not a JSON object");
+    };
+    let text = |k: &str| report.get(k).and_then(Value::as_str);
+    let time = |k: &str| text(k).and_then(timefmt::parse_rfc3339);
+    let Some(cluster) = text("clusterID").filter(|c| uuid::Uuid::parse_str(c).is_ok()) else {
+        return invalid("clusterID is missing or not a UUID");
+    };
+    if cluster != seed.uid() {
+        return Verdict::OtherCluster(cluster.to_string());
+    }
+    if time("createdAt").map(|t| t.to_utc()) != Some(seed.created_at().to_utc()) {
+        return invalid("createdAt is not the cluster seed's");
+    }
+    if time("interval").map(|t| t.to_utc()) != Some(slot) {
+        return invalid("interval does not match the slot in its key");
+    }
+    if !report
+        .get("intervalPeriod")
+        .and_then(Value::as_f64)
+        .is_some_and(|p| p > 0.0)
+    {
+        return invalid("intervalPeriod is not a positive number");
+    }
+    if text("instanceID") != Some(instance) {
+        return invalid("instanceID does not match its key");
+    }
+    let interval = text("interval").unwrap_or_default();
+    Verdict::Send(format!("{cluster}/{interval}/{instance}"))
+}
+
+/// Why a POST did not deliver a report.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("the receiver answered {0} (redirects are not followed; point --stats-url at the final URL)")]
+    Redirect(reqwest::StatusCode),
+    #[error("the receiver answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("the request failed: {0}")]
+    Request(String),
+    #[error("no longer leader")]
+    NotLeader,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// What one report's turn in a pass came to.
+enum Turn {
+    Delivered,
+    Dropped,
+    Rejected,
+    /// Nothing to do now (too young, held, recorded late, no stats URL).
+    Skipped,
+    /// Delivered but not recorded yet: the pass goes on, and a retry pass is scheduled.
+    Unrecorded,
+    /// The receiver, the store or leadership failed: the pass stops here.
+    Stop,
+}
+
+/// What the leader remembers between passes.
+#[derive(Debug, Default)]
+struct Memory {
+    /// POSTed with a 2xx and not recorded: only the record is retried, never the POST.
+    unrecorded: HashSet<(DateTime<Utc>, String)>,
+    /// Keys already logged as rejected or held, so that each is logged once.
+    noted: HashSet<String>,
+    /// Whether writing records is failing, so that it is logged once.
+    records: StateLog,
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +198,16 @@ pub struct Delivery {
     cfg: DeliveryConfig,
     health: Arc<Health>,
     client: reqwest::Client,
+    memory: Arc<Mutex<Memory>>,
+}
+
+/// A listing of the reports and records in the bucket.
+struct Listing {
+    /// Reports, oldest first.
+    reports: Vec<(DateTime<Utc>, String)>,
+    delivered: HashSet<(DateTime<Utc>, String)>,
+    /// Keys under `usage/reports/` that are not reports' keys.
+    foreign: Vec<String>,
 }
 
 impl Delivery {
@@ -104,6 +215,10 @@ impl Delivery {
         let client = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .user_agent(crate::build_info::user_agent())
+            // A followed 302 turns the POST into a body-less GET elsewhere and takes the URL,
+            // token and all, along as Referer: a redirect is a failed attempt.
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()
             .unwrap_or_default();
         Delivery {
@@ -111,7 +226,12 @@ impl Delivery {
             cfg,
             health,
             client,
+            memory: Arc::default(),
         }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps a frozen report in the bucket, retrying store failures until the next slot.
@@ -129,6 +249,16 @@ impl Delivery {
                 return;
             }
         };
+        if bytes.len() > MAX_REPORT_BYTES {
+            tracing::error!(
+                slot = %timefmt::rfc3339_nano(&slot),
+                bytes = bytes.len(),
+                cap = MAX_REPORT_BYTES,
+                "this slot's report is larger than the report size cap and is not kept; shorten the service's string metrics"
+            );
+            self.health.report_dropped();
+            return;
+        }
         let key = report_key(slot, instance);
         let give_up = Instant::now() + self.cfg.interval;
         let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(30));
@@ -159,114 +289,246 @@ impl Delivery {
         }
     }
 
-    /// One delivery pass; see the module docs.
+    /// One delivery pass for the cluster `seed`; see the module docs.
     pub async fn pass(
         &self,
         leader: &Leader,
+        seed: &Seed,
         shutdown: &CancellationToken,
     ) -> Result<PassOutcome, StoreError> {
-        let reports = self.store.list(REPORTS).await?;
-        let delivered: HashSet<(DateTime<Utc>, String)> = self
+        let listing = self.list().await?;
+        self.forget_gone(&listing);
+        let mut out = PassOutcome::default();
+        for key in &listing.foreign {
+            self.reject(key, Rejection::BadKey).await;
+            out.rejected += 1;
+        }
+        let now = Utc::now();
+        for (slot, instance) in &listing.reports {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if listing.delivered.contains(&(*slot, instance.clone())) {
+                continue;
+            }
+            match self
+                .turn(*slot, instance, now, leader, seed, shutdown)
+                .await
+            {
+                Turn::Delivered => out.delivered += 1,
+                Turn::Dropped => out.dropped += 1,
+                Turn::Rejected => out.rejected += 1,
+                Turn::Skipped => {}
+                Turn::Unrecorded => out.pending += 1,
+                Turn::Stop => {
+                    out.pending += 1;
+                    break;
+                }
+            }
+        }
+        self.clean_up(&listing, now).await;
+        Ok(out)
+    }
+
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let mut reports = Vec::new();
+        let mut foreign = Vec::new();
+        for key in self.store.list(REPORTS).await? {
+            match parse_key(&key, REPORTS) {
+                Some(item) => reports.push(item),
+                None => foreign.push(key),
+            }
+        }
+        reports.sort();
+        let delivered = self
             .store
             .list(DELIVERED)
             .await?
             .iter()
             .filter_map(|k| parse_key(k, DELIVERED))
             .collect();
-        let mut items: Vec<_> = reports
+        Ok(Listing {
+            reports,
+            delivered,
+            foreign,
+        })
+    }
+
+    /// Forgets what it remembered of objects that are gone, so memory stays bounded.
+    fn forget_gone(&self, listing: &Listing) {
+        let present: HashSet<&(DateTime<Utc>, String)> = listing.reports.iter().collect();
+        let keys: HashSet<String> = listing
+            .reports
             .iter()
-            .filter_map(|k| parse_key(k, REPORTS))
+            .map(|(s, i)| report_key(*s, i))
+            .chain(listing.foreign.iter().cloned())
             .collect();
-        items.sort();
-        let now = Utc::now();
-        let age = |slot: DateTime<Utc>| (now - slot).to_std().unwrap_or_default();
-        let mut out = PassOutcome::default();
-        let mut present = HashSet::new();
-        for (slot, instance) in items {
-            present.insert((slot, instance.clone()));
-            if shutdown.is_cancelled() {
-                break;
+        let mut memory = self.memory();
+        memory.unrecorded.retain(|item| present.contains(item));
+        memory.noted.retain(|k| keys.contains(k));
+    }
+
+    /// One undelivered report's turn.
+    async fn turn(
+        &self,
+        slot: DateTime<Utc>,
+        instance: &str,
+        now: DateTime<Utc>,
+        leader: &Leader,
+        seed: &Seed,
+        shutdown: &CancellationToken,
+    ) -> Turn {
+        let age = (now - slot).to_std().unwrap_or_default();
+        let item = (slot, instance.to_string());
+        if self.memory().unrecorded.contains(&item) {
+            return match self.record(slot, instance, leader).await {
+                true => Turn::Skipped,
+                false => Turn::Unrecorded,
+            };
+        }
+        if age < self.cfg.collect_delay {
+            return Turn::Skipped;
+        }
+        if age > self.cfg.max_age {
+            tracing::warn!(
+                slot = %timefmt::rfc3339_nano(&slot),
+                instance_id = %instance,
+                max_age = %timefmt::format_duration(self.cfg.max_age),
+                "dropping a report older than the age bound, undelivered"
+            );
+            self.health.report_dropped();
+            let _ = self.store.delete(&report_key(slot, instance)).await;
+            return Turn::Dropped;
+        }
+        let Some(url) = &self.cfg.stats_url else {
+            return Turn::Skipped;
+        };
+        if leader.term().is_none() {
+            return Turn::Stop;
+        }
+        let key = report_key(slot, instance);
+        let bytes = match self.store.get(&key).await {
+            Ok(obj) => obj.bytes,
+            Err(StoreError::NotFound { .. }) => return Turn::Skipped,
+            Err(StoreError::TooLarge { .. }) => {
+                return self.reject(&key, Rejection::TooLarge).await;
             }
-            if delivered.contains(&(slot, instance.clone())) {
-                if age(slot) > self.cfg.retention {
-                    // The report goes first: a record without a report is harmless, a report
-                    // without its record would be sent again.
-                    if self
-                        .store
-                        .delete(&report_key(slot, &instance))
-                        .await
-                        .is_ok()
-                    {
-                        let _ = self.store.delete(&record_key(slot, &instance)).await;
-                    }
+            Err(StoreError::NotRegular { what, .. }) => {
+                return self.reject(&key, Rejection::NotRegular(what)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a report to deliver; will retry on a later pass");
+                return Turn::Stop;
+            }
+        };
+        let idempotency_key = match vet(&bytes, seed, slot, instance) {
+            Verdict::Send(k) => k,
+            Verdict::Reject(why) => return self.reject(&key, why).await,
+            Verdict::OtherCluster(other) => {
+                if self.memory().noted.insert(key.clone()) {
+                    tracing::warn!(
+                        %key,
+                        cluster_id = %other,
+                        kept = seed.uid(),
+                        "holding a report of another cluster ID, unsent, until it ages out"
+                    );
                 }
-                continue;
+                return Turn::Skipped;
             }
-            if age(slot) < self.cfg.collect_delay {
-                continue;
+        };
+        match self
+            .post(url, bytes, &idempotency_key, leader, shutdown)
+            .await
+        {
+            Ok(latency) => {
+                self.health.report_delivered(latency);
+                if !self.record(slot, instance, leader).await {
+                    self.memory().unrecorded.insert(item);
+                    return Turn::Unrecorded;
+                }
+                Turn::Delivered
             }
-            if age(slot) > self.cfg.max_age {
+            Err(e) => {
                 tracing::warn!(
                     slot = %timefmt::rfc3339_nano(&slot),
-                    instance_id = %instance,
-                    max_age = %timefmt::format_duration(self.cfg.max_age),
-                    "dropping a report older than the age bound, undelivered"
+                    error = %e,
+                    "report not delivered; will retry on a later pass"
                 );
-                self.health.report_dropped();
-                out.dropped += 1;
-                let _ = self.store.delete(&report_key(slot, &instance)).await;
-                continue;
-            }
-            let Some(url) = &self.cfg.stats_url else {
-                continue;
-            };
-            if leader.term().is_none() {
-                out.pending += 1;
-                break;
-            }
-            let bytes = match self.store.get(&report_key(slot, &instance)).await {
-                Ok(obj) => obj.bytes,
-                Err(StoreError::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            match self.post(url, bytes, leader, shutdown).await {
-                Ok(latency) => {
-                    let term = leader.term().unwrap_or_default();
-                    let record = serde_json::json!({
-                        "delivered_at": timefmt::rfc3339_nano(&Utc::now()),
-                        "term": term,
-                    });
-                    match self
-                        .store
-                        .create(&record_key(slot, &instance), record.to_string())
-                        .await
-                    {
-                        Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "delivered a report but could not record it; it may be sent once more");
-                        }
-                    }
-                    self.health.report_delivered(latency);
-                    out.delivered += 1;
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        slot = %timefmt::rfc3339_nano(&slot),
-                        reason = %reason,
-                        "report not delivered; will retry on a later pass"
-                    );
-                    out.pending += 1;
-                    break;
-                }
+                Turn::Stop
             }
         }
-        // Records whose report is gone are left from an interrupted clean-up.
-        for (slot, instance) in delivered {
-            if !present.contains(&(slot, instance.clone())) && age(slot) > self.cfg.retention {
-                let _ = self.store.delete(&record_key(slot, &instance)).await;
+    }
+
+    /// Writes the delivery record; `false` if the store did not take it.
+    async fn record(&self, slot: DateTime<Utc>, instance: &str, leader: &Leader) -> bool {
+        let record = serde_json::json!({
+            "delivered_at": timefmt::rfc3339_nano(&Utc::now()),
+            "term": leader.term().unwrap_or_default(),
+        });
+        let result = self
+            .store
+            .create(&record_key(slot, instance), record.to_string())
+            .await;
+        let mut memory = self.memory();
+        match result {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {
+                if memory.records.recovered() {
+                    tracing::info!("delivery records are written again");
+                }
+                true
+            }
+            Err(e) => {
+                if memory.records.failing(e.kind()) {
+                    tracing::warn!(error = %e, "delivered a report but could not record it; the record is retried, the report is not sent again by this leader");
+                }
+                false
             }
         }
-        Ok(out)
+    }
+
+    /// Logs (once), counts and removes an object that must never be sent.
+    async fn reject(&self, key: &str, why: Rejection) -> Turn {
+        if self.memory().noted.insert(key.to_string()) {
+            tracing::warn!(%key, reason = %why, "not a report of this cluster; it is never sent, and is removed");
+            self.health.report_rejected(why.reason());
+        }
+        match self.store.delete(key).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot remove a rejected object yet"),
+        }
+        Turn::Rejected
+    }
+
+    /// Deletes delivered reports past the retention (the report first: a record without a
+    /// report is harmless, a report without its record would be sent again), and records left
+    /// from an interrupted clean-up.
+    async fn clean_up(&self, listing: &Listing, now: DateTime<Utc>) {
+        let old = |slot: &DateTime<Utc>| {
+            (now - *slot)
+                .to_std()
+                .is_ok_and(|age| age > self.cfg.retention)
+        };
+        let present: HashSet<&(DateTime<Utc>, String)> = listing.reports.iter().collect();
+        for item @ (slot, instance) in &listing.reports {
+            let recorded =
+                listing.delivered.contains(item) || self.memory().unrecorded.contains(item);
+            if recorded
+                && old(slot)
+                && self
+                    .store
+                    .delete(&report_key(*slot, instance))
+                    .await
+                    .is_ok()
+            {
+                self.memory().unrecorded.remove(item);
+                let _ = self.store.delete(&record_key(*slot, instance)).await;
+            }
+        }
+        for item @ (slot, instance) in &listing.delivered {
+            if !present.contains(item) && old(slot) {
+                let _ = self.store.delete(&record_key(*slot, instance)).await;
+            }
+        }
     }
 
     /// POSTs one report, retrying with backoff while still leader. The same bytes every time.
@@ -274,16 +536,17 @@ impl Delivery {
         &self,
         url: &Url,
         body: Bytes,
+        idempotency_key: &str,
         leader: &Leader,
         shutdown: &CancellationToken,
-    ) -> Result<Duration, String> {
+    ) -> Result<Duration, PostError> {
         let started = Instant::now();
         // Retries scale with the interval: 500 ms to 30 s at hours, faster for short slots.
         let mut delays = backoff(
             Duration::from_millis(500).min(self.cfg.interval / 10),
             Duration::from_secs(30).min(self.cfg.interval / 2),
         );
-        let mut last = String::new();
+        let mut last = PostError::Shutdown;
         for attempt in 0..self.cfg.attempts {
             if attempt > 0 {
                 let wait = delays.next().unwrap_or(Duration::from_secs(30));
@@ -292,22 +555,22 @@ impl Delivery {
                 }
             }
             if leader.term().is_none() {
-                return Err("no longer leader".to_string());
+                return Err(PostError::NotLeader);
             }
             let result = self
                 .client
                 .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", idempotency_key)
                 .body(body.clone())
                 .send()
                 .await;
-            match result {
+            last = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(started.elapsed()),
-                Ok(resp) => last = format!("receiver answered {}", resp.status()),
-                Err(e) => {
-                    last = format!("request failed: {}", crate::store::redact(&e.to_string()))
-                }
-            }
+                Ok(resp) if resp.status().is_redirection() => PostError::Redirect(resp.status()),
+                Ok(resp) => PostError::Status(resp.status()),
+                Err(e) => PostError::Request(crate::store::redact(&crate::store::error_chain(&e))),
+            };
             self.health.report_failed();
         }
         Err(last)
@@ -319,7 +582,7 @@ impl Delivery {
 pub async fn lead(
     leader: Leader,
     delivery: Delivery,
-    seed: Seed,
+    seed: watch::Receiver<Seed>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -328,7 +591,6 @@ pub async fn lead(
         tokio::spawn(async move { leader.run(shutdown).await })
     };
     let mut terms = leader.subscribe();
-    let created = seed.created_at();
     let collect = delivery.cfg.collect_delay;
     let mut due_now = false;
     let mut retry_at: Option<Instant> = None;
@@ -336,6 +598,9 @@ pub async fn lead(
     let mut last_pass_slot: Option<DateTime<Utc>> = None;
     let mut listening = true;
     loop {
+        // The identity can change (a fork healing); slots follow it.
+        let current = seed.borrow().clone();
+        let created = current.created_at();
         let now = Utc::now();
         // The slot whose collection window has closed most recently.
         let window = slots::last_slot(
@@ -352,15 +617,16 @@ pub async fn lead(
         if due_now && leader.term().is_some() {
             due_now = false;
             last_pass_slot = window;
-            match delivery.pass(&leader, &shutdown).await {
+            match delivery.pass(&leader, &current, &shutdown).await {
                 Ok(out) if out.pending == 0 => {
                     retry_at = None;
                     retry_delays =
                         backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
-                    if out.delivered + out.dropped > 0 {
+                    if out.delivered + out.dropped + out.rejected > 0 {
                         tracing::info!(
                             delivered = out.delivered,
                             dropped = out.dropped,
+                            rejected = out.rejected,
                             "delivery pass done"
                         );
                     }
@@ -411,21 +677,91 @@ pub async fn lead(
 mod tests {
     use super::*;
 
+    fn seed() -> Seed {
+        Seed::parse(br#"{"UID":"3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e","created_at":"2024-01-01T02:00:00+02:00"}"#).unwrap()
+    }
+
+    const INSTANCE: &str = "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
+
+    fn report(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+        let mut m = serde_json::json!({
+            "clusterID": "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            "createdAt": "2024-01-01T02:00:00+02:00",
+            "interval": "2024-01-01T06:00:00+02:00",
+            "intervalPeriod": 14400,
+            "target": "all",
+            "instanceID": INSTANCE,
+            "metrics": {},
+        });
+        edit(m.as_object_mut().unwrap());
+        serde_json::to_vec(&m).unwrap()
+    }
+
     #[test]
-    fn keys_round_trip() {
-        let slot = timefmt::parse_rfc3339("2024-05-01T12:00:00.5Z")
+    fn only_reports_of_this_cluster_matching_their_key_are_sent() {
+        let slot = timefmt::parse_rfc3339("2024-01-01T04:00:00Z")
             .unwrap()
             .to_utc();
-        let k = report_key(slot, "abc");
-        assert_eq!(parse_key(&k, REPORTS), Some((slot, "abc".to_string())));
+        let seed = seed();
         assert_eq!(
-            parse_key(&record_key(slot, "abc"), DELIVERED),
-            Some((slot, "abc".to_string()))
+            vet(&report(|_| {}), &seed, slot, INSTANCE),
+            Verdict::Send(format!(
+                "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e/2024-01-01T06:00:00+02:00/{INSTANCE}"
+            ))
         );
-        assert_eq!(parse_key("usage/reports/xx/abc.json", REPORTS), None);
+        let other = "ab0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
         assert_eq!(
-            parse_key("usage/reports/00000000000000000001/.json", REPORTS),
-            None
+            vet(
+                &report(|m| {
+                    m.insert("clusterID".into(), other.into());
+                }),
+                &seed,
+                slot,
+                INSTANCE
+            ),
+            Verdict::OtherCluster(other.into())
+        );
+        let invalid: Vec<Vec<u8>> = vec![
+            b"root:x:0:0:root:/root:/bin/bash".to_vec(),
+            b"[1,2]".to_vec(),
+            report(|m| {
+                m.remove("clusterID");
+            }),
+            report(|m| {
+                m.insert("clusterID".into(), "nope".into());
+            }),
+            report(|m| {
+                m.insert("createdAt".into(), "2024-01-01T00:00:01Z".into());
+            }),
+            report(|m| {
+                m.insert("interval".into(), "2024-01-01T08:00:00Z".into());
+            }),
+            report(|m| {
+                m.insert("interval".into(), 5.into());
+            }),
+            report(|m| {
+                m.insert("intervalPeriod".into(), 0.into());
+            }),
+            report(|m| {
+                m.insert("instanceID".into(), other.into());
+            }),
+        ];
+        for bytes in invalid {
+            assert!(
+                matches!(
+                    vet(&bytes, &seed, slot, INSTANCE),
+                    Verdict::Reject(Rejection::Invalid(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let huge = report(|m| {
+            m.insert("pad".into(), "x".repeat(MAX_REPORT_BYTES).into());
+        });
+        assert_eq!(
+            vet(&huge, &seed, slot, INSTANCE),
+            Verdict::Reject(Rejection::TooLarge)
         );
     }
 }

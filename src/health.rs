@@ -23,6 +23,7 @@ pub struct Health {
     reports_delivered: AtomicU64,
     reports_failed: AtomicU64,
     reports_dropped: AtomicU64,
+    reports_rejected: Mutex<BTreeMap<&'static str, u64>>,
     latency: Mutex<Histogram>,
 }
 
@@ -104,6 +105,21 @@ impl Health {
         self.reports_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// An object under `usage/reports/` that was not a report of this cluster, by reason.
+    pub fn report_rejected(&self, reason: &'static str) {
+        if let Ok(mut map) = self.reports_rejected.lock() {
+            *map.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Rejected objects so far, all reasons.
+    pub fn rejected(&self) -> u64 {
+        self.reports_rejected
+            .lock()
+            .map(|m| m.values().sum())
+            .unwrap_or(0)
+    }
+
     pub fn delivered(&self) -> u64 {
         self.reports_delivered.load(Ordering::Relaxed)
     }
@@ -181,6 +197,18 @@ impl Health {
             "Reports dropped undelivered because they grew older than the age bound.",
             self.dropped(),
         );
+        let _ = writeln!(
+            out,
+            "# HELP usage_reporter_reports_rejected_total Objects under usage/reports/ never sent because they were not reports of this cluster (removed), by reason.\n# TYPE usage_reporter_reports_rejected_total counter"
+        );
+        if let Ok(map) = self.reports_rejected.lock() {
+            for (reason, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "usage_reporter_reports_rejected_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
         let name = "usage_reporter_delivery_latency_seconds";
         let _ = writeln!(
             out,

@@ -3,17 +3,29 @@
 //! - `GET /status/usage-stats`: this replica's live report as JSON. Reading it never resets a
 //!   counter. With reporting disabled: 200 and the text `usage-stats is not enabled`.
 //! - `GET /metrics`: the reporter's own health in Prometheus text format.
+//!
+//! The endpoint is bounded, so idle or slow clients cannot take memory or file descriptors from
+//! the replica's real work (the store, the lease): at most [`MAX_CONNECTIONS`] at once (past
+//! that, new ones wait in the kernel's backlog, costing the process nothing), request headers
+//! within [`HEADER_READ_TIMEOUT`] (also between requests on a kept-alive connection), and a
+//! connection closes gracefully once it is [`MAX_CONNECTION_AGE`] old.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
 use crate::report::ReportSource;
@@ -56,6 +68,13 @@ pub fn router(source: Option<Arc<ReportSource>>, health: Arc<Health>) -> Router 
         .with_state(AppState { source, health })
 }
 
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a client may take to send a request's headers, or to start the next request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection is served before it is closed gracefully.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
 /// Binds `addr` and serves until `shutdown` fires. Returns the bound address and the task.
 pub async fn serve(
     addr: SocketAddr,
@@ -64,13 +83,58 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP endpoint stopped");
-        }
-    });
+    let task = tokio::spawn(accept(listener, router, shutdown));
     Ok((local, task))
+}
+
+async fn accept(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
+    let mut failing = false;
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    if !failing {
+                        tracing::warn!(error = %e, "HTTP endpoint cannot accept connections; retrying");
+                        failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        failing = false;
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            // Finish the request in flight, if any, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
 }

@@ -9,7 +9,9 @@
 //! - `term` (a fencing number) grows on every change of holder, and every write carries a fresh
 //!   nonce, so identical bytes never repeat and a stale `If-Match` can never succeed;
 //! - a leader that shuts down releases the lease (`holder` empty), and followers take it at their
-//!   next poll without waiting out the TTL.
+//!   next poll without waiting out the TTL;
+//! - every write carries the cluster seed's exact bytes (`seed`), so the identity survives the
+//!   loss of the seed object (see [`crate::seed`]).
 //!
 //! Store requests per hour at the default `--lease-ttl 5m`: a follower polls every 4 min
 //! (15 GETs), the leader renews every 2.5 min (24 conditional PUTs). A failed renewal is
@@ -25,11 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+pub use crate::layout::LEASE_KEY;
 use crate::retry::{sleep_or_stop, StateLog};
+use crate::seed::Seed;
 use crate::store::{Store, StoreError, Version};
 use crate::timefmt;
-
-pub const LEASE_KEY: &str = "usage/lease.json";
 
 /// The lease object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +43,9 @@ pub struct LeaseRecord {
     pub renewed_at: String,
     pub ttl_ms: u64,
     pub nonce: String,
+    /// The cluster seed's bytes, as the holder knows them; empty if it knows none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seed: String,
 }
 
 impl LeaseRecord {
@@ -135,6 +140,7 @@ pub struct Leader {
     health: Arc<Health>,
     clock: Clock,
     leading: watch::Sender<Option<Leading>>,
+    identity: Option<watch::Receiver<Seed>>,
 }
 
 impl std::fmt::Debug for Leader {
@@ -159,7 +165,14 @@ impl Leader {
             health,
             clock: system_clock(),
             leading: watch::channel(None).0,
+            identity: None,
         }
+    }
+
+    /// Keeps the cluster seed this replica holds (and any later change of it) in every write.
+    pub fn with_identity(mut self, seed: watch::Receiver<Seed>) -> Self {
+        self.identity = Some(seed);
+        self
     }
 
     pub fn with_clock(mut self, clock: Clock) -> Self {
@@ -225,6 +238,11 @@ impl Leader {
             renewed_at: now,
             ttl_ms: self.cfg.ttl.as_millis() as u64,
             nonce: uuid::Uuid::new_v4().simple().to_string(),
+            seed: self
+                .identity
+                .as_ref()
+                .map(|s| String::from_utf8_lossy(s.borrow().raw()).into_owned())
+                .unwrap_or_default(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod delivery;
 pub mod health;
 pub mod http;
+pub mod layout;
 pub mod lease;
 pub mod replica;
 pub mod report;

@@ -105,6 +105,7 @@ async fn run(args: Box<RunArgs>) -> Result<(), Failure> {
         seed_check: args.seed_check,
         max_report_age: args.max_report_age,
         retention: args.retention,
+        post_timeout: args.post_timeout,
         ..Options::default()
     };
     let mut replica = ReplicaBuilder::from_options(options)

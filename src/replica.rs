@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -21,7 +22,7 @@ use crate::build_info::BuildInfo;
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::health::Health;
 use crate::lease::{Leader, LeaseConfig};
-use crate::report::ReportSource;
+use crate::report::{ReportSource, MAX_STATIC_METRICS_BYTES};
 use crate::retry::{sleep_or_stop, StateLog};
 use crate::seed::{CheckOutcome, Seed, SeedKeeper};
 use crate::stats::{self, Registry};
@@ -58,6 +59,7 @@ pub struct Options {
     pub seed_check: Duration,
     pub max_report_age: Option<Duration>,
     pub retention: Option<Duration>,
+    pub post_timeout: Duration,
     pub cpu_sample_period: Duration,
 }
 
@@ -78,10 +80,16 @@ impl Default for Options {
             seed_check: Duration::from_secs(15 * 60),
             max_report_age: None,
             retention: None,
+            post_timeout: Duration::from_secs(10),
             cpu_sample_period: Duration::from_secs(60),
         }
     }
 }
+
+/// The shortest `--seed-check`.
+pub const MIN_SEED_CHECK: Duration = Duration::from_secs(1);
+/// The shortest `--post-timeout`.
+pub const MIN_POST_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Builds a [`Replica`].
 #[derive(Debug, Clone)]
@@ -151,6 +159,8 @@ impl ReplicaBuilder {
         max_report_age: Option<Duration>);
     setter!(/// How long delivered reports stay in the bucket (`--retention`).
         retention: Option<Duration>);
+    setter!(/// The deadline of one POST to the stats URL (`--post-timeout`).
+        post_timeout: Duration);
     setter!(/// How often CPU use is sampled for `cpu_usage` (default 1 min).
         cpu_sample_period: Duration);
 
@@ -202,6 +212,34 @@ impl ReplicaBuilder {
                 "--collect-delay ({}) must be shorter than --interval ({})",
                 timefmt::format_duration(o.collect_delay),
                 timefmt::format_duration(o.interval)
+            )));
+        }
+        if o.seed_check < MIN_SEED_CHECK {
+            return Err(StartError::Config(format!(
+                "--seed-check must be at least {}: every check reads the store, and more than one a second per replica only loads it",
+                timefmt::format_duration(MIN_SEED_CHECK)
+            )));
+        }
+        if let Some(age) = o.max_report_age {
+            let floor = o.collect_delay + o.interval;
+            if age < floor {
+                return Err(StartError::Config(format!(
+                    "--max-report-age ({}) must be at least --collect-delay plus --interval ({}): a report needs one interval after its collect delay to be delivered before it is dropped",
+                    timefmt::format_duration(age),
+                    timefmt::format_duration(floor)
+                )));
+            }
+        }
+        if o.post_timeout < MIN_POST_TIMEOUT {
+            return Err(StartError::Config(format!(
+                "--post-timeout must be at least {}: a shorter deadline fails POSTs the receiver would have answered, and every retry sends the report again",
+                timefmt::format_duration(MIN_POST_TIMEOUT)
+            )));
+        }
+        let static_bytes = serde_json::to_vec(&o.metrics).map_or(usize::MAX, |b| b.len());
+        if static_bytes > MAX_STATIC_METRICS_BYTES {
+            return Err(StartError::Config(format!(
+                "--metric values take {static_bytes} bytes; at most {MAX_STATIC_METRICS_BYTES} are allowed, so that a report stays under its size cap"
             )));
         }
         Ok(())
@@ -354,6 +392,8 @@ async fn run(
     };
     source.set_seed(seed.clone());
     health.set_seed_known(true);
+    // The identity this replica holds; it only ever changes to an older one (see `seed`).
+    let (identity, identity_rx) = watch::channel(seed);
 
     let delivery = Delivery::new(
         store.clone(),
@@ -365,48 +405,79 @@ async fn run(
         LeaseConfig::new(o.lease_ttl),
         source.instance_id().to_string(),
         health.clone(),
+    )
+    .with_identity(identity_rx.clone());
+    let guard = guard_seed(
+        keeper,
+        identity,
+        source.clone(),
+        o.seed_check,
+        shutdown.clone(),
     );
-    let guard = guard_seed(keeper, seed.clone(), o.seed_check, shutdown.clone());
     let slots = freeze_slots(
-        seed.clone(),
+        identity_rx.clone(),
         source.clone(),
         delivery.clone(),
         shutdown.clone(),
     );
-    let lead = crate::delivery::lead(leader, delivery, seed, o.interval, shutdown.clone());
+    let lead = crate::delivery::lead(leader, delivery, identity_rx, o.interval, shutdown.clone());
     tokio::join!(guard, slots, lead);
 }
 
-/// Re-reads the seed every `period`; restores it if it vanished or was corrupted.
-async fn guard_seed(keeper: SeedKeeper, seed: Seed, period: Duration, shutdown: CancellationToken) {
+/// Re-reads the seed every `period` and keeps the cluster on one identity: restores a vanished
+/// or corrupted seed, writes this replica's identity over a younger one, adopts an older one.
+async fn guard_seed(
+    keeper: SeedKeeper,
+    identity: watch::Sender<Seed>,
+    source: Arc<ReportSource>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
     let mut log = StateLog::default();
-    let mut foreign_seen: Option<String> = None;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+        if sleep_or_stop(period, &shutdown).await {
+            return;
         }
-        match keeper.check(&seed).await {
-            CheckOutcome::Failed(e) => {
-                if log.failing(e.clone()) {
+        // A lost race is checked again at once, a few times; then at the next period.
+        for _ in 0..3 {
+            let known = identity.borrow().clone();
+            let outcome = keeper.check(&known).await;
+            if let CheckOutcome::Failed(e) = &outcome {
+                if log.failing(e.kind()) {
                     tracing::warn!(error = %e, "cannot check the cluster seed; will try again");
                 }
+                break;
             }
-            CheckOutcome::Foreign(uid) => {
-                if foreign_seen.as_deref() != Some(uid.as_str()) {
+            if log.recovered() {
+                tracing::info!("cluster seed checked again");
+            }
+            match outcome {
+                CheckOutcome::Raced => continue,
+                CheckOutcome::Restored => tracing::warn!(
+                    cluster_id = known.uid(),
+                    "the cluster seed had vanished; restored it"
+                ),
+                CheckOutcome::Repaired => tracing::warn!(
+                    cluster_id = known.uid(),
+                    "the cluster seed was corrupted; restored it"
+                ),
+                CheckOutcome::Reasserted(younger) => tracing::warn!(
+                    cluster_id = known.uid(),
+                    replaced = %younger,
+                    "the bucket held a younger cluster ID; wrote back the older one, which every replica adopts at its next check"
+                ),
+                CheckOutcome::Adopt(older) => {
                     tracing::warn!(
-                        found = %uid,
-                        kept = seed.uid(),
-                        "the bucket holds another cluster's seed; this replica keeps its identity"
+                        from = known.uid(),
+                        to = older.uid(),
+                        "this replica's cluster ID changes to the older one in the bucket: two identities met after the bucket was wiped, and the older wins"
                     );
-                    foreign_seen = Some(uid);
+                    source.set_seed(older.clone());
+                    identity.send_replace(older);
                 }
+                CheckOutcome::Intact | CheckOutcome::Failed(_) => {}
             }
-            _ => {
-                if log.recovered() {
-                    tracing::info!("cluster seed checked again");
-                }
-            }
+            break;
         }
     }
 }
@@ -417,17 +488,23 @@ const MAX_SLEEP: Duration = Duration::from_secs(5);
 
 /// Freezes this replica's report at every slot and keeps it in the bucket.
 async fn freeze_slots(
-    seed: Seed,
+    identity: watch::Receiver<Seed>,
     source: Arc<ReportSource>,
     delivery: Delivery,
     shutdown: CancellationToken,
 ) {
-    let created = seed.created_at();
     let interval = source.interval();
+    let mut seed = identity.borrow().clone();
     // Nothing is frozen for a slot that passed before this replica started.
-    let mut done = slots::last_slot(&created, chrono::Utc::now(), interval);
+    let mut done = slots::last_slot(&seed.created_at(), chrono::Utc::now(), interval);
     loop {
         let now = chrono::Utc::now();
+        if identity.borrow().uid() != seed.uid() {
+            // Slots follow a new identity; nothing is frozen for one of its slots that passed.
+            seed = identity.borrow().clone();
+            done = slots::last_slot(&seed.created_at(), now, interval);
+        }
+        let created = seed.created_at();
         if let Some(due) = slots::slot_to_freeze(&created, now, interval, done) {
             let report = source.freeze(due);
             delivery

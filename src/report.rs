@@ -23,6 +23,14 @@ use crate::slots;
 use crate::stats::Registry;
 use crate::timefmt;
 
+/// The largest report that is kept and sent (1 MiB): a frozen report past it is not kept (logged
+/// and counted as dropped), and an object past it under `usage/reports/` is never sent.
+pub const MAX_REPORT_BYTES: usize = crate::store::MAX_OBJECT_BYTES;
+
+/// The most the static metrics (`--metric`) may take in a report, as JSON (64 KiB), so that they
+/// can never push a report past [`MAX_REPORT_BYTES`]; refused at start.
+pub const MAX_STATIC_METRICS_BYTES: usize = 64 * 1024;
+
 /// The JSON body sent for one replica and one slot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

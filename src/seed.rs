@@ -11,8 +11,18 @@
 //! with exponential backoff and jitter, logged when the state changes, not on every attempt.
 //! Nothing here ever deletes anything.
 //!
-//! Once agreed, the identity is for ever: [`SeedKeeper::check`] restores a seed that vanished or
-//! was corrupted with the very bytes this replica adopted.
+//! The identity outlives its object. The leader keeps the seed's exact bytes in the lease record,
+//! and every frozen report carries the cluster ID and `createdAt`. A seed found absent or
+//! corrupted, by a running replica or by one that just started and never saw it, is restored
+//! from that memory ([`SeedKeeper::remembered`]) before a new identity is ever drawn; a new one
+//! is drawn only when nothing of the cluster is left in the bucket.
+//!
+//! If everything was wiped while replicas ran, a newcomer may draw a second identity. The
+//! cluster then converges at each replica's next [`SeedKeeper::check`]: the older seed
+//! (earlier `createdAt`, then the smaller UID: [`Seed::precedes`]) wins. A replica holding it
+//! writes it back over the younger one by compare-and-swap; a replica holding the younger one
+//! adopts the older. So a replica's identity only ever moves to an older one, and the bucket's
+//! seed is only ever replaced by an older one or restored.
 
 use std::time::Duration;
 
@@ -23,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::build_info::BuildInfo;
+use crate::layout::{self, LEASE_KEY, REPORTS};
 use crate::retry::{backoff, sleep_or_stop, StateLog};
 use crate::store::{Store, StoreError};
 use crate::timefmt;
@@ -138,6 +149,54 @@ impl Seed {
     pub fn raw(&self) -> &Bytes {
         &self.raw
     }
+
+    /// Whether this identity wins over `other` when two meet after a wipe: the earlier
+    /// `createdAt`, then the smaller UID. A total order, so every replica picks the same one.
+    pub fn precedes(&self, other: &Seed) -> bool {
+        let key = |s: &Seed| {
+            (
+                timefmt::unix_nanos(&s.created_at),
+                s.uid.to_ascii_lowercase(),
+            )
+        };
+        key(self) < key(other)
+    }
+
+    /// The identity a frozen report carries (`clusterID`, `createdAt`), as a seed in Mimir's
+    /// two-field form. `None` unless both are valid.
+    pub fn from_report(bytes: &[u8]) -> Option<Seed> {
+        let v: Value = serde_json::from_slice(bytes).ok()?;
+        let body = serde_json::json!({
+            "UID": v.get("clusterID")?.as_str()?,
+            "created_at": v.get("createdAt")?.as_str()?,
+        });
+        Seed::parse(body.to_string().as_bytes()).ok()
+    }
+}
+
+/// The seed's bytes inside the lease record (the `seed` field; see [`crate::lease`]).
+#[derive(serde::Deserialize)]
+struct LeaseMemory {
+    #[serde(default)]
+    seed: String,
+}
+
+/// Where a remembered identity came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// The seed bytes the leader keeps in the lease record: restored byte for byte.
+    Lease,
+    /// The cluster ID and `createdAt` of the newest frozen report.
+    Report,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Memory::Lease => "the lease record",
+            Memory::Report => "the newest frozen report",
+        })
+    }
 }
 
 fn truncated(s: &str) -> String {
@@ -162,14 +221,22 @@ pub enum AgreeError {
 }
 
 /// What [`SeedKeeper::check`] found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum CheckOutcome {
+    /// The bucket holds this replica's seed.
     Intact,
+    /// The seed had vanished; this replica's bytes are back.
     Restored,
+    /// The seed was corrupted; this replica's bytes are back.
     Repaired,
-    /// A different valid seed sits in the bucket; this replica keeps its identity.
-    Foreign(String),
-    Failed(String),
+    /// A younger identity (its UID) sat in the bucket; this replica's older one replaced it.
+    Reasserted(String),
+    /// An older identity sits in the bucket: the replica must adopt it.
+    Adopt(Seed),
+    /// Another replica wrote the seed between our read and our write; check again.
+    Raced,
+    /// The store did not answer; nothing was learnt.
+    Failed(StoreError),
 }
 
 /// Reads, agrees on and guards one seed object.
@@ -204,6 +271,47 @@ impl SeedKeeper {
             Err(StoreError::TooLarge { .. }) => Ok(ReadOutcome::Corrupted(Corruption::TooLarge)),
             Err(e) => Err(e),
         }
+    }
+
+    /// The identity the rest of the bucket remembers: the seed bytes in the lease record, else
+    /// the identity in the newest frozen report that has a valid one. `None` only when the
+    /// bucket holds neither; a store failure is an error, never taken for "nothing left".
+    pub async fn remembered(&self) -> Result<Option<(Seed, Memory)>, StoreError> {
+        match self.store.get(LEASE_KEY).await {
+            Ok(obj) => {
+                let seed = serde_json::from_slice::<LeaseMemory>(&obj.bytes)
+                    .ok()
+                    .and_then(|m| Seed::parse(m.seed.as_bytes()).ok());
+                if let Some(seed) = seed {
+                    return Ok(Some((seed, Memory::Lease)));
+                }
+            }
+            // A lease too large or corrupted remembers nothing; reports may.
+            Err(StoreError::NotFound { .. } | StoreError::TooLarge { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let mut reports: Vec<_> = self
+            .store
+            .list(REPORTS)
+            .await?
+            .into_iter()
+            .filter_map(|k| layout::parse_key(&k, REPORTS).map(|(slot, _)| (slot, k)))
+            .collect();
+        reports.sort();
+        // The newest few: one garbage object must not hide the cluster.
+        for (_, key) in reports.iter().rev().take(5) {
+            match self.store.get(key).await {
+                Ok(obj) => {
+                    if let Some(seed) = Seed::from_report(&obj.bytes) {
+                        return Ok(Some((seed, Memory::Report)));
+                    }
+                }
+                Err(StoreError::NotFound { .. } | StoreError::TooLarge { .. }) => {}
+                Err(StoreError::NotRegular { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Agrees on the cluster seed with every other replica; retries until it is known or
@@ -247,19 +355,38 @@ impl SeedKeeper {
         }
     }
 
+    /// The seed to write where none is valid: the remembered one, or a fresh one when the bucket
+    /// remembers nothing.
+    async fn successor(&self) -> Result<(Seed, Option<Memory>), StoreError> {
+        Ok(match self.remembered().await? {
+            Some((seed, memory)) => (seed, Some(memory)),
+            None => (Seed::generate(&self.build), None),
+        })
+    }
+
     async fn agree_once(&self) -> Step {
         let obj = match self.store.get_limited(&self.name, MAX_SEED_BYTES).await {
             Ok(obj) => obj,
             Err(StoreError::NotFound { .. }) => {
-                let fresh = Seed::generate(&self.build);
-                return match self.store.create(&self.name, fresh.raw.clone()).await {
+                let (seed, memory) = match self.successor().await {
+                    Ok(s) => s,
+                    Err(e) => return Step::Failed("reading what the bucket remembers", e),
+                };
+                return match self.store.create(&self.name, seed.raw.clone()).await {
                     Ok(_) => {
-                        tracing::info!(
-                            cluster_id = fresh.uid(),
-                            seed = %self.name,
-                            "created the cluster seed"
-                        );
-                        Step::Done(fresh)
+                        match memory {
+                            Some(from) => tracing::warn!(
+                                cluster_id = seed.uid(),
+                                seed = %self.name,
+                                "the cluster seed was missing; restored it from {from}"
+                            ),
+                            None => tracing::info!(
+                                cluster_id = seed.uid(),
+                                seed = %self.name,
+                                "created the cluster seed"
+                            ),
+                        }
+                        Step::Done(seed)
                     }
                     // Lost the race (or S3 answered 409 to a concurrent write): read again.
                     Err(e) if e.is_conflict() => Step::Conflict,
@@ -284,18 +411,27 @@ impl SeedKeeper {
 
     async fn replace(&self, version: &crate::store::Version, why: Corruption) -> Step {
         tracing::warn!(seed = %self.name, reason = %why, "the cluster seed is corrupted; replacing it");
-        let fresh = Seed::generate(&self.build);
+        let (seed, memory) = match self.successor().await {
+            Ok(s) => s,
+            Err(e) => return Step::Failed("reading what the bucket remembers", e),
+        };
         match self
             .store
-            .update(&self.name, fresh.raw.clone(), version)
+            .update(&self.name, seed.raw.clone(), version)
             .await
         {
             Ok(_) => {
-                tracing::info!(
-                    cluster_id = fresh.uid(),
-                    "replaced the corrupted cluster seed"
-                );
-                Step::Done(fresh)
+                match memory {
+                    Some(from) => tracing::warn!(
+                        cluster_id = seed.uid(),
+                        "replaced the corrupted cluster seed with the one kept in {from}"
+                    ),
+                    None => tracing::info!(
+                        cluster_id = seed.uid(),
+                        "replaced the corrupted cluster seed with a new one: nothing in the bucket remembered the cluster"
+                    ),
+                }
+                Step::Done(seed)
             }
             Err(e) if e.is_conflict() => Step::Conflict,
             Err(e @ StoreError::NotSupported { .. }) => Step::Unsupported(e),
@@ -303,8 +439,10 @@ impl SeedKeeper {
         }
     }
 
-    /// Checks that the seed in the bucket is still `known`; restores it (absent) or repairs it
-    /// (corrupted) with the exact bytes `known` was adopted as. Never overwrites a valid seed.
+    /// Checks the seed in the bucket against `known`, this replica's identity, and keeps the
+    /// cluster on one identity: restores a vanished or corrupted seed with `known`'s exact
+    /// bytes, replaces a younger identity with `known`, and tells the caller to adopt an older
+    /// one. Logging is the caller's.
     pub async fn check(&self, known: &Seed) -> CheckOutcome {
         let obj = match self.store.get_limited(&self.name, MAX_SEED_BYTES).await {
             Err(StoreError::TooLarge { version, .. }) => crate::store::Object {
@@ -314,34 +452,27 @@ impl SeedKeeper {
             Ok(obj) => obj,
             Err(StoreError::NotFound { .. }) => {
                 return match self.store.create(&self.name, known.raw.clone()).await {
-                    Ok(_) => {
-                        tracing::warn!(
-                            cluster_id = known.uid(),
-                            "the cluster seed had vanished; restored it"
-                        );
-                        CheckOutcome::Restored
-                    }
-                    Err(e) if e.is_conflict() => CheckOutcome::Intact,
-                    Err(e) => CheckOutcome::Failed(e.to_string()),
+                    Ok(_) => CheckOutcome::Restored,
+                    Err(e) if e.is_conflict() => CheckOutcome::Raced,
+                    Err(e) => CheckOutcome::Failed(e),
                 }
             }
-            Err(e) => return CheckOutcome::Failed(e.to_string()),
+            Err(e) => return CheckOutcome::Failed(e),
         };
-        match Seed::parse(&obj.bytes) {
-            Ok(seed) if seed.uid == known.uid => CheckOutcome::Intact,
-            Ok(seed) => CheckOutcome::Foreign(seed.uid),
-            Err(why) => match self
-                .store
-                .update(&self.name, known.raw.clone(), &obj.version)
-                .await
-            {
-                Ok(_) => {
-                    tracing::warn!(reason = %why, cluster_id = known.uid(), "the cluster seed was corrupted; restored it");
-                    CheckOutcome::Repaired
-                }
-                Err(e) if e.is_conflict() => CheckOutcome::Intact,
-                Err(e) => CheckOutcome::Failed(e.to_string()),
-            },
+        let outcome = match Seed::parse(&obj.bytes) {
+            Ok(seed) if seed.uid == known.uid => return CheckOutcome::Intact,
+            Ok(seed) if seed.precedes(known) => return CheckOutcome::Adopt(seed),
+            Ok(younger) => CheckOutcome::Reasserted(younger.uid),
+            Err(_) => CheckOutcome::Repaired,
+        };
+        match self
+            .store
+            .update(&self.name, known.raw.clone(), &obj.version)
+            .await
+        {
+            Ok(_) => outcome,
+            Err(e) if e.is_conflict() => CheckOutcome::Raced,
+            Err(e) => CheckOutcome::Failed(e),
         }
     }
 }
@@ -448,13 +579,13 @@ mod tests {
         let store = Store::memory();
         let keeper = SeedKeeper::new(store.clone(), "s.json", BuildInfo::reporter());
         let seed = keeper.agree(&CancellationToken::new()).await.unwrap();
-        assert_eq!(keeper.check(&seed).await, CheckOutcome::Intact);
+        assert!(matches!(keeper.check(&seed).await, CheckOutcome::Intact));
         store.delete("s.json").await.unwrap();
-        assert_eq!(keeper.check(&seed).await, CheckOutcome::Restored);
+        assert!(matches!(keeper.check(&seed).await, CheckOutcome::Restored));
         assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
         let v = store.get("s.json").await.unwrap().version;
         store.update("s.json", "{}", &v).await.unwrap();
-        assert_eq!(keeper.check(&seed).await, CheckOutcome::Repaired);
+        assert!(matches!(keeper.check(&seed).await, CheckOutcome::Repaired));
         assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
         // Past the read cap: still repaired, at the version it was seen at.
         let v = store.get("s.json").await.unwrap().version;
@@ -462,7 +593,110 @@ mod tests {
             .update("s.json", vec![b'x'; MAX_SEED_BYTES * 2], &v)
             .await
             .unwrap();
-        assert_eq!(keeper.check(&seed).await, CheckOutcome::Repaired);
+        assert!(matches!(keeper.check(&seed).await, CheckOutcome::Repaired));
         assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
+    }
+
+    fn seed_at(uid: &str, created: &str) -> Seed {
+        let text = format!(r#"{{"UID":"{uid}","created_at":"{created}"}}"#);
+        Seed::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_older_identity_precedes_then_the_smaller_uid() {
+        let a = seed_at(
+            "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            "2024-01-01T00:00:00Z",
+        );
+        let b = seed_at(
+            "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            "2024-01-01T01:00:00+02:00",
+        );
+        // b is 23:00Z the day before: older, whatever the zones say.
+        assert!(b.precedes(&a) && !a.precedes(&b));
+        let c = seed_at(
+            "ab0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            "2024-01-01T00:00:00Z",
+        );
+        assert!(a.precedes(&c) && !c.precedes(&a));
+        assert!(!a.precedes(&a));
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_restores_a_deleted_or_corrupted_seed_from_the_lease_record() {
+        let store = Store::memory();
+        let keeper = SeedKeeper::new(store.clone(), "s.json", BuildInfo::reporter());
+        let seed = keeper.agree(&CancellationToken::new()).await.unwrap();
+        let lease = serde_json::json!({"holder": "x", "seed": String::from_utf8_lossy(seed.raw())});
+        store.create(LEASE_KEY, lease.to_string()).await.unwrap();
+        store.delete("s.json").await.unwrap();
+        let newcomer = SeedKeeper::new(store.clone(), "s.json", BuildInfo::reporter());
+        let again = newcomer.agree(&CancellationToken::new()).await.unwrap();
+        assert_eq!(again.raw(), seed.raw());
+        let v = store.get("s.json").await.unwrap().version;
+        store.update("s.json", "garbage", &v).await.unwrap();
+        let again = newcomer.agree(&CancellationToken::new()).await.unwrap();
+        assert_eq!(again.raw(), seed.raw());
+        assert_eq!(store.get("s.json").await.unwrap().bytes, *seed.raw());
+    }
+
+    #[tokio::test]
+    async fn without_a_lease_the_newest_valid_report_remembers_the_cluster() {
+        let store = Store::memory();
+        let id = "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
+        let old = serde_json::json!({"clusterID": id, "createdAt": "2024-01-01T00:00:00.5Z"});
+        let slot = |s: &str| timefmt::parse_rfc3339(s).unwrap().to_utc();
+        let inst = "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
+        store
+            .create(
+                &layout::report_key(slot("2024-01-02T00:00:00Z"), inst),
+                old.to_string(),
+            )
+            .await
+            .unwrap();
+        // A newer garbage object does not hide it.
+        store
+            .create(
+                &layout::report_key(slot("2024-01-03T00:00:00Z"), inst),
+                "garbage",
+            )
+            .await
+            .unwrap();
+        let keeper = SeedKeeper::new(store.clone(), "s.json", BuildInfo::reporter());
+        let (seed, from) = keeper.remembered().await.unwrap().unwrap();
+        assert_eq!((seed.uid(), from), (id, Memory::Report));
+        let agreed = keeper.agree(&CancellationToken::new()).await.unwrap();
+        assert_eq!(agreed.uid(), id);
+        assert_eq!(
+            timefmt::rfc3339_nano(&agreed.created_at()),
+            "2024-01-01T00:00:00.5Z"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_identities_converge_on_the_older() {
+        let store = Store::memory();
+        let old = seed_at(
+            "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            "2024-01-01T00:00:00Z",
+        );
+        let young = seed_at(
+            "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            "2025-01-01T00:00:00Z",
+        );
+        store.create("s.json", young.raw().clone()).await.unwrap();
+        let keeper = SeedKeeper::new(store.clone(), "s.json", BuildInfo::reporter());
+        // The younger identity's holder changes nothing and is told nothing new.
+        assert!(matches!(keeper.check(&young).await, CheckOutcome::Intact));
+        // The older identity's holder writes it back over the younger.
+        assert!(
+            matches!(keeper.check(&old).await, CheckOutcome::Reasserted(ref u) if u == young.uid())
+        );
+        assert_eq!(store.get("s.json").await.unwrap().bytes, *old.raw());
+        // And the younger one's holder is now told to adopt the older.
+        assert!(
+            matches!(keeper.check(&young).await, CheckOutcome::Adopt(ref s) if s.uid() == old.uid())
+        );
+        assert_eq!(store.get("s.json").await.unwrap().bytes, *old.raw());
     }
 }

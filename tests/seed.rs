@@ -189,7 +189,7 @@ async fn foreign_seeds_are_adopted_unchanged() {
 #[tokio::test]
 async fn a_vanished_seed_is_restored_with_the_same_identity_by_a_running_replica() {
     let bucket = Bucket::local();
-    let p = Proc::run(&bucket, &["--seed-check", "200ms"]);
+    let p = Proc::run(&bucket, &["--seed-check", "1s"]);
     let (id, _) = outcome(&p);
     let seed_path = Path::new(&bucket.url).join(DEFAULT_SEED_NAME);
     let original = std::fs::read(&seed_path).unwrap();

@@ -16,7 +16,7 @@ use object_store::{
     GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
-use super::{redact, Backend, Object, StoreError, Version};
+use super::{error_chain, redact, Backend, Object, StoreError, Version};
 
 #[derive(Debug, Clone)]
 pub struct CloudStore {
@@ -81,22 +81,6 @@ fn map_err(key: &str, e: object_store::Error) -> StoreError {
             message: redact(&error_chain(&other)),
         },
     }
-}
-
-/// The error and its sources on one line: object_store's top-level messages alone often say
-/// only "Generic S3 error".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message.replace('\n', " ")
 }
 
 fn version_of(e_tag: Option<String>, version: Option<String>) -> Version {

@@ -12,9 +12,16 @@
 //!   tags mean equal bytes.
 //!
 //! Temporary and lock files start with `.` and are never listed.
+//!
+//! Links are never followed below the root: an object is read only when it is a regular file
+//! opened with `O_NOFOLLOW` under directories that are not links, so a link planted in the
+//! bucket cannot make the reporter read, or send, a file from elsewhere on the host. (The root
+//! itself may be a link: that is the operator's choice.) Opening with `O_NONBLOCK` keeps a pipe
+//! from blocking a read for ever.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -130,16 +137,67 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// Refuses a path that passes through a link below `root`.
+fn no_links_below(root: &Path, key: &str, path: &Path) -> Result<(), StoreError> {
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| *d != root && d.starts_with(root)) {
+        match fs::symlink_metadata(d) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(StoreError::NotRegular {
+                    key: key.to_string(),
+                    what: "a directory on its path is a symbolic link",
+                })
+            }
+            _ => {}
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// What a file that is not a regular file is, for the error.
+fn kind_of(file_type: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_fifo() {
+        "a pipe"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
+
+/// Opens a regular file for reading without following a link and without blocking on a pipe.
+fn open_regular(key: &str, path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => StoreError::NotRegular {
+                key: key.to_string(),
+                what: "a symbolic link",
+            },
+            _ => map_io(key, e),
+        })?;
+    let file_type = file.metadata().map_err(|e| map_io(key, e))?.file_type();
+    if !file_type.is_file() {
+        return Err(StoreError::NotRegular {
+            key: key.to_string(),
+            what: kind_of(file_type),
+        });
+    }
+    Ok(file)
+}
+
 /// Reads up to `limit` bytes; past that, keeps hashing (bounded memory) so the caller still
 /// learns the object's version.
 fn read_limited(key: &str, path: &Path, limit: usize) -> Result<Object, StoreError> {
-    let mut file = File::open(path).map_err(|e| map_io(key, e))?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(StoreError::Other {
-            key: key.to_string(),
-            message: "is a directory, not an object".to_string(),
-        });
-    }
+    let mut file = open_regular(key, path)?;
     let mut kept = Vec::new();
     let mut tagger = Tagger::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -208,14 +266,21 @@ fn write_temp(key: &str, target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreEr
 impl Backend for LocalDir {
     async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
         let path = self.path_of(key)?;
+        let root = self.root.clone();
         let k = key.to_string();
-        blocking(key, move || read_limited(&k, &path, limit)).await
+        blocking(key, move || {
+            no_links_below(&root, &k, &path)?;
+            read_limited(&k, &path, limit)
+        })
+        .await
     }
 
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
         let path = self.path_of(key)?;
+        let root = self.root.clone();
         let k = key.to_string();
         blocking(key, move || {
+            no_links_below(&root, &k, &path)?;
             let temp = write_temp(&k, &path, &bytes)?;
             let linked = fs::hard_link(&temp, &path);
             let _ = fs::remove_file(&temp);
@@ -232,10 +297,12 @@ impl Backend for LocalDir {
         expected: &Version,
     ) -> Result<Version, StoreError> {
         let path = self.path_of(key)?;
+        let root = self.root.clone();
         let lock_path = self.root.join(LOCK_FILE);
         let k = key.to_string();
         let expected = expected.clone();
         blocking(key, move || {
+            no_links_below(&root, &k, &path)?;
             fs::create_dir_all(lock_path.parent().unwrap_or(Path::new("/")))
                 .map_err(|e| map_io(&k, e))?;
             let lock = OpenOptions::new()
@@ -314,6 +381,7 @@ impl Backend for LocalDir {
         let k = key.to_string();
         let root = self.root.clone();
         blocking(key, move || {
+            no_links_below(&root, &k, &path)?;
             fs::remove_file(&path).map_err(|e| map_io(&k, e))?;
             // Object stores have no directories: do not leave empty ones behind either (one per
             // slot would pile up). `remove_dir` fails, harmlessly, on one that is not empty.
@@ -371,6 +439,50 @@ mod tests {
             store.delete("usage/reports/9/none.json").await,
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn links_pipes_and_directories_are_never_read_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret.json"), "SECRET").unwrap();
+        let store = LocalDir::new(tmp.path().join("b")).unwrap();
+        store
+            .create("usage/reports/1/a.json", Bytes::from("x"))
+            .await
+            .unwrap();
+        let dir = tmp.path().join("b/usage/reports/1");
+        std::os::unix::fs::symlink(outside.join("secret.json"), dir.join("l.json")).unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("b/usage/reports/2")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("p.json").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        fs::create_dir(dir.join("d.json")).unwrap();
+        for (key, what) in [
+            ("usage/reports/1/l.json", "a symbolic link"),
+            ("usage/reports/1/p.json", "a pipe"),
+            ("usage/reports/1/d.json", "a directory"),
+            (
+                "usage/reports/2/secret.json",
+                "a directory on its path is a symbolic link",
+            ),
+        ] {
+            match store.get(key, 1 << 20).await {
+                Err(StoreError::NotRegular { what: w, .. }) => assert_eq!(w, what, "{key}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        // Nothing is written through a linked directory either.
+        assert!(matches!(
+            store
+                .create("usage/reports/2/new.json", Bytes::from("y"))
+                .await,
+            Err(StoreError::NotRegular { .. })
+        ));
+        assert!(!outside.join("new.json").exists());
+        // Deleting a link removes the link, never its target.
+        store.delete("usage/reports/1/l.json").await.unwrap();
+        assert_eq!(fs::read(outside.join("secret.json")).unwrap(), b"SECRET");
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ pub enum StoreError {
         limit: usize,
         version: Version,
     },
+    /// Not a plain object: a symbolic link, a directory, a device or a pipe. The local store
+    /// never follows links, so nothing outside the bucket is ever read through one.
+    #[error("{key}: not a regular file ({what}); links are never followed")]
+    NotRegular { key: String, what: &'static str },
     #[error("{key}: permission denied: {message}")]
     PermissionDenied { key: String, message: String },
     #[error("{key}: the store does not support {what}")]
@@ -84,6 +88,7 @@ impl StoreError {
             StoreError::AlreadyExists { .. } => "already_exists",
             StoreError::Precondition { .. } => "precondition",
             StoreError::TooLarge { .. } => "too_large",
+            StoreError::NotRegular { .. } => "not_regular",
             StoreError::PermissionDenied { .. } => "permission_denied",
             StoreError::NotSupported { .. } => "not_supported",
             StoreError::Timeout { .. } => "timeout",
@@ -236,6 +241,22 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.call("delete", key, self.backend.delete(key)).await
     }
+}
+
+/// An error and its causes on one line: top-level messages alone often say only "Generic S3
+/// error" or "error sending request".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message.replace('\n', " ")
 }
 
 /// Removes anything that looks like a query string or credentials from a message that may
