@@ -53,60 +53,89 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if text.is_empty() {
         return Err("empty duration".to_string());
     }
-    let mut total = 0f64;
+    let unlike = || format!("{s:?} is not a duration like 500ms, 2s, 15m or 4h");
+    // Exact integer nanoseconds: `1.1s` is 1_100_000_000 ns, not a float's neighbour of it.
+    let mut total: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h, d)"))?;
-        if num_len == 0 {
-            return Err(format!("{s:?} is not a duration like 500ms, 2s, 15m or 4h"));
+        let (whole, frac) = match rest[..num_len].split_once('.') {
+            Some((w, f)) => (w, f),
+            None => (&rest[..num_len], ""),
+        };
+        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(unlike());
         }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like 500ms, 2s, 15m or 4h"))?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
+        let scale: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
             unit => {
                 return Err(format!(
                     "{s:?} has an unknown unit {unit:?} (use ms, s, m, h, d)"
                 ))
             }
         };
-        total += value * scale;
         rest = &rest[unit_len..];
+        let digits = |d: &str| -> Result<u128, String> {
+            if d.len() > 20 {
+                return Err(format!(
+                    "{s:?} must be a positive duration of at most 300 years"
+                ));
+            }
+            if d.is_empty() {
+                Ok(0)
+            } else {
+                d.parse().map_err(|_| unlike())
+            }
+        };
+        let mut nanos = digits(whole)? * scale;
+        // Fraction digits past nanosecond precision are dropped.
+        let frac = &frac[..frac.len().min(18)];
+        nanos += digits(frac)? * scale / 10u128.pow(frac.len() as u32);
+        total = total.saturating_add(nanos);
     }
-    if total.is_nan() || total <= 0.0 || total > 1e10 {
-        return Err(format!("{s:?} must be a positive duration"));
+    const MAX: u128 = 10_000_000_000 * 1_000_000_000;
+    if total == 0 || total > MAX {
+        return Err(format!(
+            "{s:?} must be a positive duration of at most 300 years"
+        ));
     }
-    Ok(Duration::from_secs_f64(total))
+    let secs = (total / 1_000_000_000) as u64;
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
-/// A short human form: `4h`, `1m30s`, `500ms`.
+/// A short human form that loses nothing: `4h`, `1m30s`, `1s500ms`, `1ns`.
 pub fn format_duration(d: Duration) -> String {
-    let total_ms = d.as_millis();
-    if total_ms < 1000 {
-        return format!("{total_ms}ms");
+    if d.is_zero() {
+        return "0s".to_string();
     }
     let secs = d.as_secs();
-    let (days, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    for (v, u) in [(days, "d"), (h, "h"), (m, "m"), (s, "s")] {
-        if v > 0 {
-            out.push_str(&format!("{v}{u}"));
-        }
-    }
-    out
+    let nanos = d.subsec_nanos();
+    let parts = [
+        (secs / 86400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(nanos / 1_000_000), "ms"),
+        (u64::from(nanos / 1_000 % 1_000), "us"),
+        (u64::from(nanos % 1_000), "ns"),
+    ];
+    parts
+        .iter()
+        .filter(|(v, _)| *v > 0)
+        .map(|(v, u)| format!("{v}{u}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -140,5 +169,11 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(14400)), "4h");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(format_duration(Duration::from_nanos(1)), "1ns");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        for text in ["1h30m", "1s500ms", "1ns", "2d3h", "1m1us"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
     }
 }

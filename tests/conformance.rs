@@ -15,6 +15,7 @@ use usage_reporter::health::Health;
 use usage_reporter::lease::{Leader, LeaseConfig};
 use usage_reporter::seed::DEFAULT_SEED_NAME;
 use usage_reporter::store::{selftest, Store, StoreError};
+use usage_reporter::BuildInfo;
 
 /// A store per racer (its own client), except memory, which only exists once.
 fn racers(b: &Bucket, n: usize) -> Vec<Store> {
@@ -222,6 +223,92 @@ async fn lease_handover_and_failover(b: Bucket) {
     }
 }
 
+/// The fork case: a deleted or corrupted seed is restored with the same ID by newcomers that
+/// never saw it (from the lease record), and after a full wipe two identities converge on the
+/// older one.
+async fn identity_survives_the_seed(b: Bucket) {
+    use usage_reporter::seed::{CheckOutcome, SeedKeeper};
+    let store = b.store();
+    let keeper = |s: Store| SeedKeeper::new(s, DEFAULT_SEED_NAME, BuildInfo::reporter());
+    let a = keeper(store.clone())
+        .agree(&CancellationToken::new())
+        .await
+        .unwrap();
+    // A leader keeps the identity in the lease record; a clean stop leaves it there.
+    let (_tx, rx) = tokio::sync::watch::channel(a.clone());
+    let leader = Leader::new(
+        store.clone(),
+        LeaseConfig::new(Duration::from_secs(3)),
+        uuid::Uuid::new_v4().to_string(),
+        Arc::new(Health::default()),
+    )
+    .with_identity(rx);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (leader, stop) = (leader.clone(), stop.clone());
+        async move { leader.run(stop).await }
+    });
+    let t = Instant::now();
+    while leader.term().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}: no leader",
+            b.name
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+
+    store.delete(DEFAULT_SEED_NAME).await.unwrap();
+    let ids = common::agree_all(&racers(&b, 20), DEFAULT_SEED_NAME).await;
+    assert_eq!(
+        ids,
+        [a.uid().to_string()].into(),
+        "{}: deleted seed",
+        b.name
+    );
+    assert_eq!(store.get(DEFAULT_SEED_NAME).await.unwrap().bytes, *a.raw());
+
+    let v = store.get(DEFAULT_SEED_NAME).await.unwrap().version;
+    store
+        .update(DEFAULT_SEED_NAME, "garbage", &v)
+        .await
+        .unwrap();
+    let ids = common::agree_all(&racers(&b, 20), DEFAULT_SEED_NAME).await;
+    assert_eq!(
+        ids,
+        [a.uid().to_string()].into(),
+        "{}: corrupted seed",
+        b.name
+    );
+    assert_eq!(store.get(DEFAULT_SEED_NAME).await.unwrap().bytes, *a.raw());
+
+    // Wiped: nothing remembers A, so a newcomer draws B; then A's holder meets it.
+    for key in store.list("").await.unwrap() {
+        store.delete(&key).await.unwrap();
+    }
+    let young = keeper(store.clone())
+        .agree(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_ne!(young.uid(), a.uid());
+    let k = keeper(store.clone());
+    assert!(matches!(k.check(&young).await, CheckOutcome::Intact));
+    assert!(
+        matches!(k.check(&a).await, CheckOutcome::Reasserted(ref u) if u == young.uid()),
+        "{}",
+        b.name
+    );
+    assert!(
+        matches!(k.check(&young).await, CheckOutcome::Adopt(ref s) if s.uid() == a.uid()),
+        "{}",
+        b.name
+    );
+    assert!(matches!(k.check(&a).await, CheckOutcome::Intact));
+    assert_eq!(store.get(DEFAULT_SEED_NAME).await.unwrap().bytes, *a.raw());
+}
+
 async fn delivery_end_to_end(b: Bucket) {
     if !b.multi_process() {
         return;
@@ -242,7 +329,7 @@ macro_rules! backend {
                 $make
             }
             backend!(@tests seed_race, corrupted_seed_repair, cas_no_lost_update, selftest_passes,
-                lease_handover_and_failover, delivery_end_to_end);
+                lease_handover_and_failover, identity_survives_the_seed, delivery_end_to_end);
         }
     )*};
     (@tests $($test:ident),*) => {$(

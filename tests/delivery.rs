@@ -18,20 +18,7 @@ fn fast(receiver: &Receiver, extra: &[&str]) -> Vec<String> {
     v
 }
 
-async fn metrics(addr: SocketAddr) -> String {
-    match reqwest::get(format!("http://{addr}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// The value of an unlabelled metric in Prometheus text.
-fn counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use common::{metric_sum as counter, metrics};
 
 async fn is_leader(addr: SocketAddr) -> bool {
     metrics(addr)

@@ -347,7 +347,13 @@ impl Backend for LocalDir {
             while let Some(dir) = stack.pop() {
                 let entries = match fs::read_dir(&dir) {
                     Ok(entries) => entries,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    // Nothing under a prefix that does not exist, or that names an object.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotFound
+                            || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                    {
+                        continue
+                    }
                     Err(e) => return Err(map_io(&k, e)),
                 };
                 for entry in entries {

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use usage_reporter::store::{self, Store};
 
 pub fn bin() -> &'static str {
@@ -164,7 +165,33 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn<S: AsRef<str>>(args: &[S]) -> Proc {
+        Self::spawn_cmd(Command::new(bin()), args)
+    }
+
+    /// `reporter run`, as [`Proc::run`], with at most `nofile` open file descriptors.
+    pub fn run_limited<S: AsRef<str>>(bucket: &Bucket, extra: &[S], nofile: u64) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut args = vec!["run".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+        args.extend(bucket.args());
+        args.extend(extra.iter().map(|s| s.as_ref().to_string()));
         let mut cmd = Command::new(bin());
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_cmd(cmd, &args)
+    }
+
+    fn spawn_cmd<S: AsRef<str>>(mut cmd: Command, args: &[S]) -> Proc {
         cmd.args(args.iter().map(|a| a.as_ref()))
             .env("RUST_LOG", "info")
             .env("NO_PROXY", "127.0.0.1,localhost")
@@ -335,6 +362,7 @@ pub struct Post {
     pub json: serde_json::Value,
     pub content_type: String,
     pub user_agent: String,
+    pub idempotency_key: String,
 }
 
 /// A stats endpoint on 127.0.0.1 that records every POST; it can be told to fail.
@@ -344,6 +372,7 @@ pub struct Receiver {
     pub failures: Arc<Mutex<Vec<Post>>>,
     fail_next: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicUsize>,
+    redirect: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -363,16 +392,18 @@ impl Receiver {
         let failures = Arc::new(Mutex::new(Vec::new()));
         let fail_next = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicUsize::new(0));
-        let (p, f, n, d) = (
+        let redirect = Arc::new(Mutex::new(None::<String>));
+        let (p, f, n, d, r) = (
             posts.clone(),
             failures.clone(),
             fail_next.clone(),
             delay_ms.clone(),
+            redirect.clone(),
         );
         let app = axum::Router::new().route(
             "/report",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (p, f, n, d) = (p.clone(), f.clone(), n.clone(), d.clone());
+                let (p, f, n, d, r) = (p.clone(), f.clone(), n.clone(), d.clone(), r.clone());
                 async move {
                     let delay = d.load(Ordering::SeqCst) as u64;
                     tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -381,16 +412,22 @@ impl Receiver {
                         body,
                         content_type: header(&headers, "content-type"),
                         user_agent: header(&headers, "user-agent"),
+                        idempotency_key: header(&headers, "idempotency-key"),
                     };
+                    let location = r.lock().unwrap().clone();
+                    if let Some(location) = location {
+                        f.lock().unwrap().push(post);
+                        return (StatusCode::FOUND, [("location", location)]).into_response();
+                    }
                     let failing = n
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
                         .is_ok();
                     if failing {
                         f.lock().unwrap().push(post);
-                        StatusCode::INTERNAL_SERVER_ERROR
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
                     } else {
                         p.lock().unwrap().push(post);
-                        StatusCode::OK
+                        StatusCode::OK.into_response()
                     }
                 }
             }),
@@ -406,8 +443,14 @@ impl Receiver {
             failures,
             fail_next,
             delay_ms,
+            redirect,
             task,
         }
+    }
+
+    /// Every POST is answered `302 Found` to `location` (or, with `None`, normally again).
+    pub fn set_redirect(&self, location: Option<String>) {
+        *self.redirect.lock().unwrap() = location;
     }
 
     /// Every POST takes this long to answer.
@@ -528,4 +571,42 @@ pub fn unreachable_s3_args() -> Vec<String> {
         args.push(format!("{k}={v}"));
     }
     args
+}
+
+/// The replica's `/metrics` text; empty if it does not answer.
+pub async fn metrics(addr: SocketAddr) -> String {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of a metric's samples in Prometheus text, over all its labels.
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Every key under `prefix` in the bucket, and its bytes.
+pub async fn objects(store: &Store, prefix: &str) -> Vec<(String, Bytes)> {
+    let mut out = Vec::new();
+    for key in store.list(prefix).await.unwrap() {
+        if let Ok(obj) = store.get(&key).await {
+            out.push((key, obj.bytes));
+        }
+    }
+    out
+}
+
+/// Runs `reporter run` with `args` (no store touched before validation): status and stderr.
+pub fn run_refused(args: &[&str]) -> (i32, String) {
+    let mut all = vec!["run", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (code, _, err) = reporter(&all);
+    (code, err)
 }
