@@ -81,6 +81,10 @@ log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
+log "module import graph (no cycle)"
+python3 scripts/import-graph.py >/dev/null
+log "cargo doc (no warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps
 log "cargo test"
 cargo test --all-targets "$@"
 cargo test --doc

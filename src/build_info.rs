@@ -4,15 +4,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The report's `version` block, in Tempo's key order and spelling.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildInfo {
+    /// The crate version (or the embedding service's).
     pub version: String,
+    /// The git revision built, or empty.
     pub revision: String,
+    /// The git branch built, or empty.
     pub branch: String,
+    /// Always empty: a build's user names a person.
     #[serde(rename = "buildUser")]
     pub build_user: String,
+    /// When the build was made.
     #[serde(rename = "buildDate")]
     pub build_date: String,
+    /// The compiler's version.
     #[serde(rename = "rustVersion")]
     pub rust_version: String,
 }

@@ -10,7 +10,26 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::timefmt::parse_duration;
+use crate::defaults;
+use crate::replica::{Options, Setting, StartError};
+use crate::timefmt::{format_duration, parse_duration};
+
+/// A duration flag: parsed as `500ms`, `15m`, `4h`; printed the same way in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Dur)
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,11 +38,14 @@ use crate::timefmt::parse_duration;
     about = "Anonymous usage reporting for a cluster of replicas sharing one bucket",
     propagate_version = true
 )]
+/// The command line.
 pub struct Cli {
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one replica: agree on the cluster seed, elect a leader, freeze and deliver reports,
@@ -31,27 +53,31 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Inspect the cluster seed.
     Seed {
+        /// What to do with it.
         #[command(subcommand)]
         command: ShowCommand,
     },
     /// Inspect the leader lease.
     Lease {
+        /// What to do with it.
         #[command(subcommand)]
         command: ShowCommand,
     },
 }
 
+/// The one thing to do with a seed or a lease.
 #[derive(Debug, Subcommand)]
 pub enum ShowCommand {
     /// Print it and exit.
     Show(ShowArgs),
 }
 
+/// Where the bucket is.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The shared bucket: a path, file:///abs/path, memory://, s3://bucket/prefix,
     /// gs://bucket/prefix or az://container/prefix.
-    #[arg(long, env = "REPORTER_STORE", default_value = "./reporter-data")]
+    #[arg(long, env = "REPORTER_STORE", default_value = defaults::STORE)]
     pub store: String,
     /// A store client option (repeatable), such as aws_endpoint=http://127.0.0.1:9000 or
     /// azure_storage_use_emulator=true. Credentials also come from AWS_*, GOOGLE_*, AZURE_*.
@@ -68,8 +94,10 @@ pub struct StoreArgs {
     pub seed_name: String,
 }
 
+/// The arguments of `seed show` and `lease show`.
 #[derive(Debug, Clone, Args)]
 pub struct ShowArgs {
+    /// Where the bucket is.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Print JSON instead of text.
@@ -77,28 +105,30 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
+/// The arguments of `run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// Where the bucket is.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Local HTTP endpoint (port 0 picks a free port; the bound address is logged).
-    #[arg(long, env = "REPORTER_LISTEN", default_value = "127.0.0.1:3200")]
+    #[arg(long, env = "REPORTER_LISTEN", default_value_t = defaults::LISTEN)]
     pub listen: SocketAddr,
     /// This replica's role, reported as `target`.
-    #[arg(long, env = "REPORTER_TARGET", default_value = "all")]
+    #[arg(long, env = "REPORTER_TARGET", default_value = defaults::TARGET)]
     pub target: String,
     /// Where the leader POSTs reports; without it reports stay in the bucket.
     #[arg(long, env = "REPORTER_STATS_URL", value_parser = parse_stats_url)]
     pub stats_url: Option<url::Url>,
     /// Report period.
-    #[arg(long, env = "REPORTER_INTERVAL", default_value = "4h", value_parser = parse_duration)]
-    pub interval: Duration,
+    #[arg(long, env = "REPORTER_INTERVAL", default_value_t = Dur(defaults::INTERVAL))]
+    pub interval: Dur,
     /// Leader lease duration.
-    #[arg(long, env = "REPORTER_LEASE_TTL", default_value = "5m", value_parser = parse_duration)]
-    pub lease_ttl: Duration,
+    #[arg(long, env = "REPORTER_LEASE_TTL", default_value_t = Dur(defaults::LEASE_TTL))]
+    pub lease_ttl: Dur,
     /// How long after a slot the leader waits for replicas' reports before delivering.
-    #[arg(long, env = "REPORTER_COLLECT_DELAY", default_value = "1m", value_parser = parse_duration)]
-    pub collect_delay: Duration,
+    #[arg(long, env = "REPORTER_COLLECT_DELAY", default_value_t = Dur(defaults::COLLECT_DELAY))]
+    pub collect_delay: Dur,
     /// Static metric for this replica (repeatable); integers and floats stay numbers.
     /// REPORTER_METRIC takes several, separated by commas.
     #[arg(long = "metric", env = "REPORTER_METRIC", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_metric)]
@@ -107,18 +137,64 @@ pub struct RunArgs {
     #[arg(long, env = "REPORTER_REPORTING_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub reporting_enabled: bool,
     /// How often each replica checks that the seed is still there (restoring it if not).
-    #[arg(long, env = "REPORTER_SEED_CHECK", default_value = "15m", value_parser = parse_duration)]
-    pub seed_check: Duration,
-    /// Reports older than this are dropped undelivered (default: 6 intervals).
-    #[arg(long, env = "REPORTER_MAX_REPORT_AGE", value_parser = parse_duration)]
-    pub max_report_age: Option<Duration>,
-    /// How long delivered reports are kept in the bucket (default: 2 intervals).
-    #[arg(long, env = "REPORTER_RETENTION", value_parser = parse_duration)]
-    pub retention: Option<Duration>,
+    #[arg(long, env = "REPORTER_SEED_CHECK", default_value_t = Dur(defaults::SEED_CHECK))]
+    pub seed_check: Dur,
+    /// Reports older than this are dropped undelivered [default: 6 intervals].
+    #[arg(long, env = "REPORTER_MAX_REPORT_AGE")]
+    pub max_report_age: Option<Dur>,
+    /// How long delivered reports are kept in the bucket [default: 2 intervals].
+    #[arg(long, env = "REPORTER_RETENTION")]
+    pub retention: Option<Dur>,
     /// The deadline of one POST to --stats-url; a POST that misses it is retried, with the same
     /// Idempotency-Key.
-    #[arg(long, env = "REPORTER_POST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub post_timeout: Duration,
+    #[arg(long, env = "REPORTER_POST_TIMEOUT", default_value_t = Dur(defaults::POST_TIMEOUT))]
+    pub post_timeout: Dur,
+}
+
+impl From<RunArgs> for Options {
+    fn from(a: RunArgs) -> Options {
+        Options {
+            store: a.store.store,
+            store_options: a.store.store_options,
+            listen: a.listen,
+            target: a.target,
+            stats_url: a.stats_url,
+            interval: a.interval.0,
+            lease_ttl: a.lease_ttl.0,
+            collect_delay: a.collect_delay.0,
+            metrics: a.metrics,
+            seed_name: a.store.seed_name,
+            reporting_enabled: a.reporting_enabled,
+            seed_check: a.seed_check.0,
+            max_report_age: a.max_report_age.map(|d| d.0),
+            retention: a.retention.map(|d| d.0),
+            post_timeout: a.post_timeout.0,
+            ..Options::default()
+        }
+    }
+}
+
+/// The flag that sets an option.
+pub fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Interval => "--interval",
+        Setting::LeaseTtl => "--lease-ttl",
+        Setting::CollectDelay => "--collect-delay",
+        Setting::SeedCheck => "--seed-check",
+        Setting::MaxReportAge => "--max-report-age",
+        Setting::PostTimeout => "--post-timeout",
+        Setting::Metrics => "--metric",
+    }
+}
+
+/// A start failure as one line in flag words, and the exit status: 2 for bad arguments.
+pub fn explain(e: &StartError) -> (u8, String) {
+    match e {
+        StartError::Invalid(e) => (2, e.describe(flag)),
+        StartError::Store(e) if e.about_an_option() => (2, format!("--store-option: {e}")),
+        StartError::Store(e) => (2, format!("--store: {e}")),
+        other => (1, other.to_string()),
+    }
 }
 
 fn parse_store_option(s: &str) -> Result<(String, String), String> {

@@ -26,28 +26,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::health::Health;
 use crate::layout::{parse_key, record_key, report_key, DELIVERED, REPORTS};
-use crate::lease::Leader;
-use crate::replica::Options;
 use crate::report::{Report, MAX_REPORT_BYTES};
 use crate::retry::{backoff, sleep_or_stop, StateLog};
 use crate::seed::Seed;
-use crate::slots;
 use crate::store::{Store, StoreError};
 use crate::timefmt;
 
 /// How the leader delivers.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
+    /// Where reports go; `None` keeps them in the bucket.
     pub stats_url: Option<Url>,
+    /// The report period.
     pub interval: Duration,
+    /// How long after a slot its reports are left to arrive.
     pub collect_delay: Duration,
+    /// Undelivered reports older than this are dropped.
     pub max_age: Duration,
+    /// Delivered reports are deleted after this.
     pub retention: Duration,
     /// POST attempts per report in one pass.
     pub attempts: usize,
@@ -55,24 +56,16 @@ pub struct DeliveryConfig {
     pub request_timeout: Duration,
 }
 
-impl DeliveryConfig {
-    pub fn from_options(o: &Options) -> Self {
-        DeliveryConfig {
-            stats_url: o.stats_url.clone(),
-            interval: o.interval,
-            collect_delay: o.collect_delay,
-            max_age: o.max_report_age.unwrap_or(o.interval * 6),
-            retention: o.retention.unwrap_or(o.interval * 2),
-            attempts: 5,
-            request_timeout: o.post_timeout,
-        }
-    }
-}
+/// Whether this replica may act as leader at this instant, and in which term: asked before
+/// every POST and written into every record. The election (`lease::Elector::term`) answers it.
+pub type Term<'a> = dyn Fn() -> Option<u64> + Send + Sync + 'a;
 
 /// What a pass left behind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassOutcome {
+    /// Reports POSTed with a 2xx.
     pub delivered: usize,
+    /// Reports dropped past the age bound.
     pub dropped: usize,
     /// Objects under `usage/reports/` that were not reports of this cluster, removed.
     pub rejected: usize,
@@ -84,12 +77,16 @@ pub struct PassOutcome {
 /// Why an object under `usage/reports/` is never sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// A key under `usage/reports/` that no replica writes.
     #[error("its key is not usage/reports/<slot>/<instanceID>.json")]
     BadKey,
+    /// Past the report size cap.
     #[error("larger than {MAX_REPORT_BYTES} bytes")]
     TooLarge,
+    /// A link, a directory, a pipe or a device.
     #[error("{0}")]
     NotRegular(&'static str),
+    /// Bytes that are not a report of this cluster matching the key.
     #[error("not a report: {0}")]
     Invalid(String),
 }
@@ -113,6 +110,7 @@ pub enum Verdict {
     Send(String),
     /// A valid report of another cluster ID: held, never sent.
     OtherCluster(String),
+    /// Never to be sent.
     Reject(Rejection),
 }
 
@@ -156,14 +154,19 @@ pub fn vet(bytes: &[u8], seed: &Seed, slot: DateTime<Utc>, instance: &str) -> Ve
 /// Why a POST did not deliver a report.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
+    /// A 3xx, which is never followed.
     #[error("the receiver answered {0} (redirects are not followed; point --stats-url at the final URL)")]
     Redirect(reqwest::StatusCode),
+    /// Any other status but a 2xx.
     #[error("the receiver answered {0}")]
     Status(reqwest::StatusCode),
+    /// No answer: connection, timeout, TLS; with its causes.
     #[error("the request failed: {0}")]
     Request(String),
+    /// Leadership was lost before the POST.
     #[error("no longer leader")]
     NotLeader,
+    /// Shutdown came first.
     #[error("shutting down")]
     Shutdown,
 }
@@ -192,6 +195,7 @@ struct Memory {
     records: StateLog,
 }
 
+/// Keeps reports in the bucket and, for the leader, delivers them.
 #[derive(Clone, Debug)]
 pub struct Delivery {
     store: Store,
@@ -211,7 +215,12 @@ struct Listing {
 }
 
 impl Delivery {
-    pub fn new(store: Store, cfg: DeliveryConfig, health: Arc<Health>) -> Self {
+    /// A delivery handle; fails only if the HTTP client cannot be built.
+    pub fn new(
+        store: Store,
+        cfg: DeliveryConfig,
+        health: Arc<Health>,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .user_agent(crate::build_info::user_agent())
@@ -219,15 +228,19 @@ impl Delivery {
             // token and all, along as Referer: a redirect is a failed attempt.
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
-            .build()
-            .unwrap_or_default();
-        Delivery {
+            .build()?;
+        Ok(Delivery {
             store,
             cfg,
             health,
             client,
             memory: Arc::default(),
-        }
+        })
+    }
+
+    /// How this handle delivers.
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.cfg
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -292,7 +305,7 @@ impl Delivery {
     /// One delivery pass for the cluster `seed`; see the module docs.
     pub async fn pass(
         &self,
-        leader: &Leader,
+        leader: &Term<'_>,
         seed: &Seed,
         shutdown: &CancellationToken,
     ) -> Result<PassOutcome, StoreError> {
@@ -374,7 +387,7 @@ impl Delivery {
         slot: DateTime<Utc>,
         instance: &str,
         now: DateTime<Utc>,
-        leader: &Leader,
+        leader: &Term<'_>,
         seed: &Seed,
         shutdown: &CancellationToken,
     ) -> Turn {
@@ -403,7 +416,7 @@ impl Delivery {
         let Some(url) = &self.cfg.stats_url else {
             return Turn::Skipped;
         };
-        if leader.term().is_none() {
+        if leader().is_none() {
             return Turn::Stop;
         }
         let key = report_key(slot, instance);
@@ -460,10 +473,10 @@ impl Delivery {
     }
 
     /// Writes the delivery record; `false` if the store did not take it.
-    async fn record(&self, slot: DateTime<Utc>, instance: &str, leader: &Leader) -> bool {
+    async fn record(&self, slot: DateTime<Utc>, instance: &str, leader: &Term<'_>) -> bool {
         let record = serde_json::json!({
             "delivered_at": timefmt::rfc3339_nano(&Utc::now()),
-            "term": leader.term().unwrap_or_default(),
+            "term": leader().unwrap_or_default(),
         });
         let result = self
             .store
@@ -537,7 +550,7 @@ impl Delivery {
         url: &Url,
         body: Bytes,
         idempotency_key: &str,
-        leader: &Leader,
+        leader: &Term<'_>,
         shutdown: &CancellationToken,
     ) -> Result<Duration, PostError> {
         let started = Instant::now();
@@ -554,7 +567,7 @@ impl Delivery {
                     break;
                 }
             }
-            if leader.term().is_none() {
+            if leader().is_none() {
                 return Err(PostError::NotLeader);
             }
             let result = self
@@ -575,102 +588,6 @@ impl Delivery {
         }
         Err(last)
     }
-}
-
-/// Runs the election and, while leader, a delivery pass `collect_delay` after every slot, when
-/// leadership is gained, and again with backoff while reports are pending.
-pub async fn lead(
-    leader: Leader,
-    delivery: Delivery,
-    seed: watch::Receiver<Seed>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let election = {
-        let (leader, shutdown) = (leader.clone(), shutdown.clone());
-        tokio::spawn(async move { leader.run(shutdown).await })
-    };
-    let mut terms = leader.subscribe();
-    let collect = delivery.cfg.collect_delay;
-    let mut due_now = false;
-    let mut retry_at: Option<Instant> = None;
-    let mut retry_delays = backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
-    let mut last_pass_slot: Option<DateTime<Utc>> = None;
-    let mut listening = true;
-    loop {
-        // The identity can change (a fork healing); slots follow it.
-        let current = seed.borrow().clone();
-        let created = current.created_at();
-        let now = Utc::now();
-        // The slot whose collection window has closed most recently.
-        let window = slots::last_slot(
-            &created,
-            now - chrono::Duration::from_std(collect).unwrap_or_default(),
-            interval,
-        );
-        if window.is_some() && window != last_pass_slot {
-            due_now = true;
-        }
-        if retry_at.is_some_and(|t| Instant::now() >= t) {
-            due_now = true;
-        }
-        if due_now && leader.term().is_some() {
-            due_now = false;
-            last_pass_slot = window;
-            match delivery.pass(&leader, &current, &shutdown).await {
-                Ok(out) if out.pending == 0 => {
-                    retry_at = None;
-                    retry_delays =
-                        backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
-                    if out.delivered + out.dropped + out.rejected > 0 {
-                        tracing::info!(
-                            delivered = out.delivered,
-                            dropped = out.dropped,
-                            rejected = out.rejected,
-                            "delivery pass done"
-                        );
-                    }
-                }
-                Ok(_) | Err(_) => {
-                    let wait = retry_delays.next().unwrap_or(interval);
-                    retry_at = Some(Instant::now() + wait);
-                }
-            }
-            continue;
-        }
-        if leader.term().is_none() {
-            // Not leader: the windows that close meanwhile, and any retry, are the next
-            // leader's business.
-            last_pass_slot = window;
-            due_now = false;
-            retry_at = None;
-        }
-        let next_window = slots::next_slot(
-            &created,
-            now - chrono::Duration::from_std(collect).unwrap_or_default()
-                + chrono::Duration::nanoseconds(1),
-            interval,
-        )
-        .map(|s| s + chrono::Duration::from_std(collect).unwrap_or_default());
-        let mut wait = next_window
-            .and_then(|t| (t - now).to_std().ok())
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(5));
-        if let Some(t) = retry_at {
-            wait = wait.min(t.saturating_duration_since(Instant::now()));
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-            changed = terms.changed(), if listening => match changed {
-                // A new leader continues where the old one stopped.
-                Ok(()) => due_now |= terms.borrow().is_some(),
-                // The election has ended; the periodic checks above still run.
-                Err(_) => listening = false,
-            },
-        }
-    }
-    let _ = election.await;
 }
 
 #[cfg(test)]

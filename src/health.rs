@@ -13,6 +13,7 @@ use std::time::Duration;
 /// Upper bounds, in seconds, of the delivery latency histogram.
 const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
+/// The reporter's own figures, shared by every part of one replica.
 #[derive(Debug, Default)]
 pub struct Health {
     seed_known: AtomicBool,
@@ -35,23 +36,28 @@ struct Histogram {
 }
 
 impl Health {
+    /// Whether the seed is known.
     pub fn set_seed_known(&self, known: bool) {
         self.seed_known.store(known, Ordering::Relaxed);
     }
 
+    /// Whether the seed is known.
     pub fn seed_known(&self) -> bool {
         self.seed_known.load(Ordering::Relaxed)
     }
 
+    /// Leadership and the term last seen.
     pub fn set_leader(&self, leader: bool, term: u64) {
         self.leader.store(leader, Ordering::Relaxed);
         self.term.store(term, Ordering::Relaxed);
     }
 
+    /// Whether this replica leads.
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)
     }
 
+    /// Counts one store call.
     pub fn store_request(&self, op: &'static str, outcome: &'static str) {
         if let Ok(mut map) = self.store_requests.lock() {
             *map.entry((op, outcome)).or_default() += 1;
@@ -79,10 +85,12 @@ impl Health {
             .unwrap_or(0)
     }
 
+    /// Counts a report kept in the bucket.
     pub fn report_written(&self) {
         self.reports_written.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a delivered report and its latency.
     pub fn report_delivered(&self, latency: Duration) {
         self.reports_delivered.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut h) = self.latency.lock() {
@@ -97,10 +105,12 @@ impl Health {
         }
     }
 
+    /// Counts a failed POST attempt.
     pub fn report_failed(&self) {
         self.reports_failed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a report dropped undelivered.
     pub fn report_dropped(&self) {
         self.reports_dropped.fetch_add(1, Ordering::Relaxed);
     }
@@ -120,10 +130,12 @@ impl Health {
             .unwrap_or(0)
     }
 
+    /// Reports delivered so far.
     pub fn delivered(&self) -> u64 {
         self.reports_delivered.load(Ordering::Relaxed)
     }
 
+    /// Reports dropped so far.
     pub fn dropped(&self) -> u64 {
         self.reports_dropped.load(Ordering::Relaxed)
     }

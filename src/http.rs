@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::health::Health;
 use crate::report::ReportSource;
 
+/// What the endpoint says with reporting disabled, as Tempo says it.
 pub const DISABLED_TEXT: &str = "usage-stats is not enabled";
 
 #[derive(Clone)]

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::system_clock;
+pub use crate::clock::Clock;
 use crate::health::Health;
 pub use crate::layout::LEASE_KEY;
 use crate::retry::{sleep_or_stop, StateLog};
@@ -38,10 +40,15 @@ use crate::timefmt;
 pub struct LeaseRecord {
     /// The holder's instance ID; empty when released.
     pub holder: String,
+    /// The fencing number; grows with every change of holder.
     pub term: u64,
+    /// When the term began, by the holder's clock.
     pub acquired_at: String,
+    /// The last write, by the holder's clock.
     pub renewed_at: String,
+    /// The holder's TTL.
     pub ttl_ms: u64,
+    /// Fresh on every write, so that bytes never repeat.
     pub nonce: String,
     /// The cluster seed's bytes, as the holder knows them; empty if it knows none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -49,18 +56,24 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    pub fn parse(bytes: &[u8]) -> Option<LeaseRecord> {
-        serde_json::from_slice(bytes).ok()
+    /// Reads a lease record; the error says what is wrong with the bytes.
+    pub fn parse(bytes: &[u8]) -> Result<LeaseRecord, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
-    fn bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The record's bytes; an error, never empty bytes, if it cannot be encoded.
+    fn bytes(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(self).map_err(|e| StoreError::Other {
+            key: LEASE_KEY.to_string(),
+            message: format!("cannot encode the lease record: {e}"),
+        })
     }
 }
 
 /// The lease's timing, all derived from the TTL.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseConfig {
+    /// How long an observer waits for a change before taking over.
     pub ttl: Duration,
     /// A leader that has not renewed within this stops acting as leader.
     pub renew_deadline: Duration,
@@ -73,6 +86,7 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// Timings derived from the TTL.
     pub fn new(ttl: Duration) -> Self {
         LeaseConfig {
             ttl,
@@ -81,46 +95,6 @@ impl LeaseConfig {
             poll_period: ttl * 4 / 5,
             retry_period: ttl / 20,
         }
-    }
-}
-
-/// A monotonic clock; tests give replicas skewed ones.
-pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
-
-fn tokio_clock() -> Clock {
-    Arc::new(Instant::now)
-}
-
-/// Nanoseconds of `CLOCK_BOOTTIME`, which keeps counting while the host is suspended.
-#[cfg(target_os = "linux")]
-fn boottime() -> Option<Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes into the timespec we pass.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn boottime() -> Option<Duration> {
-    None
-}
-
-/// The default clock. `Instant` stops while a Linux host is suspended, so a leader that wakes
-/// up would believe its lease fresh while the others, whose clocks ran, have taken over. This
-/// clock is `Instant` re-based on `CLOCK_BOOTTIME`, which counts the suspended time.
-pub fn system_clock() -> Clock {
-    let origin = Instant::now();
-    match boottime() {
-        Some(boot_origin) => Arc::new(move || {
-            let elapsed = boottime()
-                .map(|b| b.saturating_sub(boot_origin))
-                .unwrap_or_else(|| origin.elapsed());
-            origin + elapsed
-        }),
-        None => tokio_clock(),
     }
 }
 
@@ -133,7 +107,7 @@ struct Leading {
 
 /// One replica's side of the election.
 #[derive(Clone)]
-pub struct Leader {
+pub struct Elector {
     store: Store,
     cfg: LeaseConfig,
     me: String,
@@ -143,9 +117,9 @@ pub struct Leader {
     identity: Option<watch::Receiver<Seed>>,
 }
 
-impl std::fmt::Debug for Leader {
+impl std::fmt::Debug for Elector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Leader").field("me", &self.me).finish()
+        f.debug_struct("Elector").field("me", &self.me).finish()
     }
 }
 
@@ -156,9 +130,10 @@ struct Observed {
     since: Instant,
 }
 
-impl Leader {
+impl Elector {
+    /// This replica (`me`, its instance ID) in the election on `store`.
     pub fn new(store: Store, cfg: LeaseConfig, me: String, health: Arc<Health>) -> Self {
-        Leader {
+        Elector {
             store,
             cfg,
             me,
@@ -175,11 +150,13 @@ impl Leader {
         self
     }
 
+    /// Uses this clock instead of the system's (tests skew it).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
 
+    /// The timings.
     pub fn config(&self) -> LeaseConfig {
         self.cfg
     }
@@ -297,7 +274,7 @@ impl Leader {
             let record = self.record(l.term, acquired.as_deref());
             match self
                 .store
-                .update(LEASE_KEY, record.bytes(), &obs.version)
+                .update(LEASE_KEY, record.bytes()?, &obs.version)
                 .await
             {
                 Ok(version) => {
@@ -325,10 +302,10 @@ impl Leader {
         }
         let started = (self.clock)();
         let (version, record) = match self.store.get(LEASE_KEY).await {
-            Ok(obj) => (obj.version, LeaseRecord::parse(&obj.bytes)),
+            Ok(obj) => (obj.version, LeaseRecord::parse(&obj.bytes).ok()),
             Err(StoreError::NotFound { .. }) => {
                 let record = self.record(*max_term + 1, None);
-                return match self.store.create(LEASE_KEY, record.bytes()).await {
+                return match self.store.create(LEASE_KEY, record.bytes()?).await {
                     Ok(version) => {
                         *max_term = record.term;
                         self.take(observed, version, record, started);
@@ -379,7 +356,7 @@ impl Leader {
         let record_new = self.record(*max_term + 1, None);
         match self
             .store
-            .update(LEASE_KEY, record_new.bytes(), &version)
+            .update(LEASE_KEY, record_new.bytes()?, &version)
             .await
         {
             Ok(version) => {
@@ -423,13 +400,15 @@ impl Leader {
         let Some(obs) = observed else {
             return;
         };
-        let mut record = self.record(l.term, None);
+        // The acquisition time stays, so `lease show` tells when the last term began.
+        let acquired = obs.record.as_ref().map(|r| r.acquired_at.clone());
+        let mut record = self.record(l.term, acquired.as_deref());
         record.holder = String::new();
-        match self
-            .store
-            .update(LEASE_KEY, record.bytes(), &obs.version)
-            .await
-        {
+        let result = match record.bytes() {
+            Ok(bytes) => self.store.update(LEASE_KEY, bytes, &obs.version).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(_) => tracing::info!(term = l.term, "released the leader lease"),
             Err(e) => {
                 tracing::warn!(error = %e, "could not release the leader lease; it expires on its own")
@@ -438,47 +417,14 @@ impl Leader {
     }
 }
 
-/// What `reporter lease show` prints.
-#[derive(Debug, Serialize)]
-pub struct LeaseView {
-    pub holder: String,
-    pub term: u64,
-    pub acquired_at: String,
-    pub renewed_at: String,
-    pub ttl_ms: u64,
-    /// Judged by the holder's own timestamps, which only a person should trust.
-    pub looks_expired: bool,
-    pub released: bool,
-}
-
-impl LeaseView {
-    pub fn of(record: &LeaseRecord) -> Self {
-        let renewed = timefmt::parse_rfc3339(&record.renewed_at);
-        let looks_expired = record.holder.is_empty()
-            || renewed.is_none_or(|r| {
-                (Utc::now() - r.to_utc())
-                    .to_std()
-                    .is_ok_and(|age| age > Duration::from_millis(record.ttl_ms))
-            });
-        LeaseView {
-            holder: record.holder.clone(),
-            term: record.term,
-            acquired_at: record.acquired_at.clone(),
-            renewed_at: record.renewed_at.clone(),
-            ttl_ms: record.ttl_ms,
-            looks_expired,
-            released: record.holder.is_empty(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::tokio_clock;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    fn leader(store: &Store, ttl: Duration, clock: Clock) -> Leader {
-        Leader::new(
+    fn leader(store: &Store, ttl: Duration, clock: Clock) -> Elector {
+        Elector::new(
             store.clone(),
             LeaseConfig::new(ttl),
             uuid::Uuid::new_v4().to_string(),
@@ -555,33 +501,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn system_clock_follows_real_time() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let clock = system_clock();
-            let (a, i) = (clock(), Instant::now());
-            std::thread::sleep(Duration::from_millis(30));
-            let (b, j) = (clock(), Instant::now());
-            let ours = b - a;
-            let theirs = j - i;
-            assert!(ours >= Duration::from_millis(30), "{ours:?}");
-            // Without a suspend, boot time and monotonic time agree closely.
-            assert!(
-                ours.abs_diff(theirs) < Duration::from_millis(5),
-                "{ours:?} vs {theirs:?}"
-            );
-        });
-    }
-
     /// Steady-state request volume over one (virtual) hour at the default TTL.
     #[tokio::test(start_paused = true)]
     async fn lease_request_volume_at_the_default_ttl() {
         let shared = Store::memory();
-        let ttl = Duration::from_secs(300);
+        let ttl = crate::defaults::LEASE_TTL;
         let stores: Vec<_> = (0..3)
             .map(|_| shared.clone().with_health(Arc::new(Health::default())))
             .collect();

@@ -21,13 +21,19 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod build_info;
 pub mod cli;
+pub mod clock;
+pub mod defaults;
 pub mod delivery;
 pub mod health;
 pub mod http;
+pub mod inspect;
 pub mod layout;
 pub mod lease;
+pub mod process;
 pub mod replica;
 pub mod report;
 mod retry;
@@ -35,6 +41,7 @@ pub mod seed;
 pub mod slots;
 pub mod stats;
 pub mod store;
+pub mod tasks;
 pub mod timefmt;
 
 pub use build_info::BuildInfo;

@@ -4,12 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use usage_reporter::cli::{Cli, Command, RunArgs, ShowArgs, ShowCommand};
-use usage_reporter::lease::{LeaseRecord, LeaseView, LEASE_KEY};
-use usage_reporter::replica::{Options, ReplicaBuilder, StartError};
-use usage_reporter::seed::{ReadOutcome, SeedKeeper};
-use usage_reporter::store::{self, Store, StoreError};
-use usage_reporter::{timefmt, BuildInfo};
+use usage_reporter::cli::{self, Cli, Command, RunArgs, ShowArgs, ShowCommand};
+use usage_reporter::inspect;
+use usage_reporter::replica::{Options, ReplicaBuilder};
+use usage_reporter::store::{self, Store};
 
 /// A failure: the message is printed on one line, the code is the exit status.
 struct Failure(u8, String);
@@ -89,35 +87,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Box<RunArgs>) -> Result<(), Failure> {
-    let args = *args;
-    let options = Options {
-        store: args.store.store,
-        store_options: args.store.store_options,
-        listen: args.listen,
-        target: args.target,
-        stats_url: args.stats_url,
-        interval: args.interval,
-        lease_ttl: args.lease_ttl,
-        collect_delay: args.collect_delay,
-        metrics: args.metrics,
-        seed_name: args.store.seed_name,
-        reporting_enabled: args.reporting_enabled,
-        seed_check: args.seed_check,
-        max_report_age: args.max_report_age,
-        retention: args.retention,
-        post_timeout: args.post_timeout,
-        ..Options::default()
-    };
+    let options = Options::from(*args);
     let mut replica = ReplicaBuilder::from_options(options)
         .start()
         .await
-        .map_err(|e| match e {
-            StartError::Config(m) => Failure(2, m),
-            other => Failure(1, other.to_string()),
+        .map_err(|e| {
+            let (code, message) = cli::explain(&e);
+            Failure(code, message)
         })?;
     let outcome = tokio::select! {
         _ = shutdown_signal() => Ok(()),
-        reason = replica.failed() => Err(Failure(1, reason)),
+        fatal = replica.failed() => Err(Failure(1, fatal.to_string())),
     };
     tracing::info!("shutting down");
     replica.shutdown().await;
@@ -147,113 +127,38 @@ async fn shutdown_signal() {
 }
 
 fn open_store(args: &ShowArgs) -> Result<Store, Failure> {
-    store::open(&args.store.store, &args.store.store_options).map_err(|e| Failure(2, e.to_string()))
-}
-
-/// One object read with a few retries for passing failures.
-async fn read_with_retries<T>(
-    mut read: impl AsyncFnMut() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match read().await {
-            Ok(v) => return Ok(v),
-            Err(e @ (StoreError::PermissionDenied { .. } | StoreError::NotSupported { .. })) => {
-                return Err(e)
-            }
-            Err(e) if attempt >= 3 => return Err(e),
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-                attempt += 1;
-            }
-        }
-    }
+    store::open(&args.store.store, &args.store.store_options).map_err(|e| {
+        let flag = if e.about_an_option() {
+            "--store-option"
+        } else {
+            "--store"
+        };
+        Failure(2, format!("{flag}: {e}"))
+    })
 }
 
 async fn seed_show(args: ShowArgs) -> Result<(), Failure> {
     let store = open_store(&args)?;
-    let where_ = format!("{}/{}", store.describe(), args.store.seed_name);
-    let keeper = SeedKeeper::new(store, args.store.seed_name.clone(), BuildInfo::reporter());
-    let outcome = read_with_retries(async || keeper.read().await)
+    let view = inspect::seed(store, &args.store.seed_name)
         .await
-        .map_err(|e| Failure(1, format!("cannot read the cluster seed: {e}")))?;
-    let seed = match outcome {
-        ReadOutcome::Valid(seed) => seed,
-        ReadOutcome::Absent => return Err(Failure(1, format!("no cluster seed at {where_}"))),
-        ReadOutcome::Corrupted(why) => {
-            return Err(Failure(
-                1,
-                format!("the cluster seed at {where_} is corrupted: {why}"),
-            ))
-        }
-    };
-    let created = timefmt::rfc3339_nano(&seed.created_at());
-    let age = (chrono::Utc::now() - seed.created_at().to_utc())
-        .to_std()
-        .unwrap_or_default();
-    if args.json {
-        let v = serde_json::json!({
-            "clusterID": seed.uid(),
-            "createdAt": created,
-            "ageSeconds": age.as_secs(),
-            "version": seed.version(),
-        });
-        println!("{v}");
-    } else {
-        println!("clusterID: {}", seed.uid());
-        println!(
-            "createdAt: {created} ({} ago)",
-            timefmt::format_duration(
-                Duration::from_secs(age.as_secs()).max(Duration::from_millis(0))
-            )
-        );
-        match seed.version() {
-            Some(v) => println!("version:   {v}"),
-            None => println!("version:   (none)"),
-        }
-    }
+        .map_err(|e| Failure(1, e.to_string()))?;
+    print(&view, args.json, |v| v.text());
     Ok(())
 }
 
 async fn lease_show(args: ShowArgs) -> Result<(), Failure> {
     let store = open_store(&args)?;
-    let where_ = format!("{}/{LEASE_KEY}", store.describe());
-    let obj = match read_with_retries(async || store.get(LEASE_KEY).await).await {
-        Ok(obj) => obj,
-        Err(StoreError::NotFound { .. }) => {
-            return Err(Failure(1, format!("no leader lease at {where_}")))
-        }
-        Err(e) => return Err(Failure(1, format!("cannot read the leader lease: {e}"))),
-    };
-    let record = LeaseRecord::parse(&obj.bytes)
-        .ok_or_else(|| Failure(1, format!("the leader lease at {where_} is corrupted")))?;
-    let view = LeaseView::of(&record);
-    if args.json {
-        println!("{}", serde_json::to_string(&view).unwrap_or_default());
-    } else {
-        let holder = if view.released {
-            "(released)".to_string()
-        } else {
-            view.holder.clone()
-        };
-        println!("holder:     {holder}");
-        println!("term:       {}", view.term);
-        println!("acquired:   {}", view.acquired_at);
-        println!("renewed:    {}", view.renewed_at);
-        println!(
-            "ttl:        {}",
-            timefmt::format_duration(Duration::from_millis(view.ttl_ms))
-        );
-        println!(
-            "expired:    {}",
-            if view.looks_expired {
-                "yes (by the holder's clock)"
-            } else {
-                "no"
-            }
-        );
-    }
+    let view = inspect::lease(store)
+        .await
+        .map_err(|e| Failure(1, e.to_string()))?;
+    print(&view, args.json, |v| v.text());
     Ok(())
+}
+
+/// Prints `view` as one line of JSON or as its text form.
+fn print<T: serde::Serialize>(view: &T, json: bool, text: impl Fn(&T) -> String) {
+    match serde_json::to_string(view) {
+        Ok(line) if json => println!("{line}"),
+        _ => print!("{}", text(view)),
+    }
 }

@@ -1,9 +1,9 @@
 //! One replica as a library value: build it, start it, shut it down.
 //!
-//! [`ReplicaBuilder`] takes the same options as `reporter run`. [`ReplicaBuilder::start`] binds
-//! the HTTP endpoint and starts the background work: agree on the seed, then guard it, sample
-//! CPU, freeze a report at every slot, and take part in the leader election whose winner
-//! delivers. [`Replica::shutdown`] stops all of it, releasing the lease if held.
+//! [`ReplicaBuilder`] takes the same options as `reporter run` ([`Options`], whose defaults are
+//! in [`crate::defaults`]). [`ReplicaBuilder::start`] checks them, binds the HTTP endpoint and
+//! starts the background work of [`crate::tasks`]. [`Replica::shutdown`] stops all of it,
+//! releasing the lease if held.
 //!
 //! With reporting disabled nothing but the endpoint starts: no store is opened, no request
 //! leaves the process.
@@ -19,77 +19,297 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::build_info::BuildInfo;
+use crate::defaults;
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::health::Health;
-use crate::lease::{Leader, LeaseConfig};
 use crate::report::{ReportSource, MAX_STATIC_METRICS_BYTES};
-use crate::retry::{sleep_or_stop, StateLog};
-use crate::seed::{CheckOutcome, Seed, SeedKeeper};
+use crate::seed::SeedKeeper;
 use crate::stats::{self, Registry};
-use crate::store::{self, Store};
-use crate::{http, slots, timefmt};
+use crate::store::{self, OpenError, Store};
+pub use crate::tasks::Fatal;
+use crate::tasks::{self, Parts, Plan};
+use crate::{http, timefmt};
 
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Bad options: `reporter run` exits 2.
-    #[error("{0}")]
-    Config(String),
+    /// An option is out of range.
+    #[error(transparent)]
+    Invalid(#[from] OptionError),
+    /// The store URL or its options are wrong.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// The HTTP client for deliveries could not be built (TLS roots, most likely).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// The endpoint's address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// What the system said.
         source: std::io::Error,
     },
 }
 
-/// Everything `reporter run` can set.
+/// An option, for errors; `reporter` names each by its flag, a library user by [`Setting::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// [`Options::interval`]
+    Interval,
+    /// [`Options::lease_ttl`]
+    LeaseTtl,
+    /// [`Options::collect_delay`]
+    CollectDelay,
+    /// [`Options::seed_check`]
+    SeedCheck,
+    /// [`Options::max_report_age`]
+    MaxReportAge,
+    /// [`Options::post_timeout`]
+    PostTimeout,
+    /// [`Options::metrics`]
+    Metrics,
+}
+
+impl Setting {
+    /// The option's name in [`Options`] words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Interval => "the interval",
+            Setting::LeaseTtl => "the lease TTL",
+            Setting::CollectDelay => "the collect delay",
+            Setting::SeedCheck => "the seed check period",
+            Setting::MaxReportAge => "the maximum report age",
+            Setting::PostTimeout => "the POST timeout",
+            Setting::Metrics => "the static metrics",
+        }
+    }
+}
+
+/// An option out of range, and why the range is what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionError {
+    /// Below its floor.
+    TooShort {
+        /// Which option.
+        setting: Setting,
+        /// Its floor.
+        min: Duration,
+    },
+    /// The collect delay must end before the next slot.
+    CollectDelayNotShorter {
+        /// The collect delay given.
+        collect_delay: Duration,
+        /// The interval given.
+        interval: Duration,
+    },
+    /// The age bound leaves no time to deliver.
+    MaxReportAgeTooShort {
+        /// The age given.
+        age: Duration,
+        /// Collect delay plus interval.
+        floor: Duration,
+    },
+    /// A static metric takes a built-in metric's name.
+    ReservedMetric(String),
+    /// The static metrics would push a report towards its size cap.
+    StaticMetricsTooLarge {
+        /// Their size.
+        bytes: usize,
+        /// [`MAX_STATIC_METRICS_BYTES`].
+        cap: usize,
+    },
+}
+
+impl OptionError {
+    /// The option the error is about.
+    pub fn setting(&self) -> Setting {
+        match self {
+            OptionError::TooShort { setting, .. } => *setting,
+            OptionError::CollectDelayNotShorter { .. } => Setting::CollectDelay,
+            OptionError::MaxReportAgeTooShort { .. } => Setting::MaxReportAge,
+            OptionError::ReservedMetric(_) | OptionError::StaticMetricsTooLarge { .. } => {
+                Setting::Metrics
+            }
+        }
+    }
+
+    /// The error in one line, naming each option with `name` (the CLI passes flag names).
+    pub fn describe(&self, name: impl Fn(Setting) -> &'static str) -> String {
+        let d = timefmt::format_duration;
+        match self {
+            OptionError::TooShort { setting, min } => {
+                let why = match setting {
+                    Setting::SeedCheck => ": every check reads the store, and more than one a second per replica only loads it",
+                    Setting::PostTimeout => ": a shorter deadline fails POSTs the receiver would have answered, and every retry sends the report again",
+                    _ => "",
+                };
+                format!("{} must be at least {}{why}", name(*setting), d(*min))
+            }
+            OptionError::CollectDelayNotShorter {
+                collect_delay,
+                interval,
+            } => format!(
+                "{} ({}) must be shorter than {} ({})",
+                name(Setting::CollectDelay),
+                d(*collect_delay),
+                name(Setting::Interval),
+                d(*interval)
+            ),
+            OptionError::MaxReportAgeTooShort { age, floor } => format!(
+                "{} ({}) must be at least {} plus {} ({}): a report needs one interval after its collect delay to be delivered before it is dropped",
+                name(Setting::MaxReportAge),
+                d(*age),
+                name(Setting::CollectDelay),
+                name(Setting::Interval),
+                d(*floor)
+            ),
+            OptionError::ReservedMetric(k) => format!(
+                "{} {k:?} is reserved for the reporter's built-in metrics",
+                name(Setting::Metrics)
+            ),
+            OptionError::StaticMetricsTooLarge { bytes, cap } => format!(
+                "{} take {bytes} bytes of JSON; at most {cap} are allowed, so that a report stays under its size cap",
+                name(Setting::Metrics)
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for OptionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(Setting::name))
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// Everything `reporter run` can set. Defaults are in [`crate::defaults`].
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The store URL or path.
     pub store: String,
+    /// Store client options, `key=value`.
     pub store_options: Vec<(String, String)>,
+    /// The endpoint's address.
     pub listen: SocketAddr,
+    /// This replica's role, reported as `target`.
     pub target: String,
+    /// Where the leader POSTs reports; `None` keeps them in the bucket.
     pub stats_url: Option<Url>,
+    /// The report period.
     pub interval: Duration,
+    /// The leader lease's duration.
     pub lease_ttl: Duration,
+    /// The leader's wait after a slot before delivering.
     pub collect_delay: Duration,
+    /// Static metrics of this replica.
     pub metrics: Vec<(String, Value)>,
+    /// The seed object's name under the store prefix.
     pub seed_name: String,
+    /// `false`: no store access and no network at all.
     pub reporting_enabled: bool,
+    /// How often the seed is checked.
     pub seed_check: Duration,
+    /// Undelivered reports older than this are dropped; `None`: some intervals.
     pub max_report_age: Option<Duration>,
+    /// Delivered reports are deleted after this; `None`: some intervals.
     pub retention: Option<Duration>,
+    /// The deadline of one POST.
     pub post_timeout: Duration,
+    /// How often CPU use is sampled.
     pub cpu_sample_period: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            store: "./reporter-data".to_string(),
+            store: defaults::STORE.to_string(),
             store_options: Vec::new(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 3200)),
-            target: "all".to_string(),
+            listen: defaults::LISTEN,
+            target: defaults::TARGET.to_string(),
             stats_url: None,
-            interval: Duration::from_secs(4 * 3600),
-            lease_ttl: Duration::from_secs(300),
-            collect_delay: Duration::from_secs(60),
+            interval: defaults::INTERVAL,
+            lease_ttl: defaults::LEASE_TTL,
+            collect_delay: defaults::COLLECT_DELAY,
             metrics: Vec::new(),
             seed_name: crate::seed::DEFAULT_SEED_NAME.to_string(),
             reporting_enabled: true,
-            seed_check: Duration::from_secs(15 * 60),
+            seed_check: defaults::SEED_CHECK,
             max_report_age: None,
             retention: None,
-            post_timeout: Duration::from_secs(10),
-            cpu_sample_period: Duration::from_secs(60),
+            post_timeout: defaults::POST_TIMEOUT,
+            cpu_sample_period: defaults::CPU_SAMPLE_PERIOD,
         }
     }
 }
 
-/// The shortest `--seed-check`.
-pub const MIN_SEED_CHECK: Duration = Duration::from_secs(1);
-/// The shortest `--post-timeout`.
-pub const MIN_POST_TIMEOUT: Duration = Duration::from_millis(100);
+impl Options {
+    /// Checks every option against its floor and the others.
+    pub fn validate(&self) -> Result<(), OptionError> {
+        for (k, _) in &self.metrics {
+            if stats::RESERVED.contains(&k.as_str()) {
+                return Err(OptionError::ReservedMetric(k.clone()));
+            }
+        }
+        let floors = [
+            (Setting::Interval, self.interval, defaults::MIN_INTERVAL),
+            (Setting::LeaseTtl, self.lease_ttl, defaults::MIN_LEASE_TTL),
+            (
+                Setting::SeedCheck,
+                self.seed_check,
+                defaults::MIN_SEED_CHECK,
+            ),
+            (
+                Setting::PostTimeout,
+                self.post_timeout,
+                defaults::MIN_POST_TIMEOUT,
+            ),
+        ];
+        for (setting, value, min) in floors {
+            if value < min {
+                return Err(OptionError::TooShort { setting, min });
+            }
+        }
+        if self.collect_delay >= self.interval {
+            return Err(OptionError::CollectDelayNotShorter {
+                collect_delay: self.collect_delay,
+                interval: self.interval,
+            });
+        }
+        if let Some(age) = self.max_report_age {
+            let floor = self.collect_delay + self.interval;
+            if age < floor {
+                return Err(OptionError::MaxReportAgeTooShort { age, floor });
+            }
+        }
+        let bytes = serde_json::to_vec(&self.metrics).map_or(usize::MAX, |b| b.len());
+        if bytes > MAX_STATIC_METRICS_BYTES {
+            return Err(OptionError::StaticMetricsTooLarge {
+                bytes,
+                cap: MAX_STATIC_METRICS_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// How the leader delivers, with the derived defaults filled in.
+    pub fn delivery(&self) -> DeliveryConfig {
+        DeliveryConfig {
+            stats_url: self.stats_url.clone(),
+            interval: self.interval,
+            collect_delay: self.collect_delay,
+            max_age: self
+                .max_report_age
+                .unwrap_or(self.interval * defaults::MAX_REPORT_AGE_INTERVALS),
+            retention: self
+                .retention
+                .unwrap_or(self.interval * defaults::RETENTION_INTERVALS),
+            attempts: 5,
+            request_timeout: self.post_timeout,
+        }
+    }
+}
 
 /// Builds a [`Replica`].
 #[derive(Debug, Clone)]
@@ -117,6 +337,7 @@ macro_rules! setter {
 }
 
 impl ReplicaBuilder {
+    /// A builder with every option at its default.
     pub fn new() -> Self {
         ReplicaBuilder {
             options: Options::default(),
@@ -126,6 +347,7 @@ impl ReplicaBuilder {
         }
     }
 
+    /// A builder with these options.
     pub fn from_options(options: Options) -> Self {
         ReplicaBuilder {
             options,
@@ -161,7 +383,7 @@ impl ReplicaBuilder {
         retention: Option<Duration>);
     setter!(/// The deadline of one POST to the stats URL (`--post-timeout`).
         post_timeout: Duration);
-    setter!(/// How often CPU use is sampled for `cpu_usage` (default 1 min).
+    setter!(/// How often CPU use is sampled for `cpu_usage` (default 1 min; not a flag).
         cpu_sample_period: Duration);
 
     /// Adds a static metric (`--metric`).
@@ -188,70 +410,13 @@ impl ReplicaBuilder {
         self
     }
 
-    fn validate(&self) -> Result<(), StartError> {
-        let o = &self.options;
-        for (k, _) in &o.metrics {
-            if stats::RESERVED.contains(&k.as_str()) {
-                return Err(StartError::Config(format!(
-                    "--metric {k:?} is reserved for the reporter's built-in metrics"
-                )));
-            }
-        }
-        if o.interval < Duration::from_millis(100) {
-            return Err(StartError::Config(
-                "--interval must be at least 100ms".into(),
-            ));
-        }
-        if o.lease_ttl < Duration::from_millis(300) {
-            return Err(StartError::Config(
-                "--lease-ttl must be at least 300ms".into(),
-            ));
-        }
-        if o.collect_delay >= o.interval {
-            return Err(StartError::Config(format!(
-                "--collect-delay ({}) must be shorter than --interval ({})",
-                timefmt::format_duration(o.collect_delay),
-                timefmt::format_duration(o.interval)
-            )));
-        }
-        if o.seed_check < MIN_SEED_CHECK {
-            return Err(StartError::Config(format!(
-                "--seed-check must be at least {}: every check reads the store, and more than one a second per replica only loads it",
-                timefmt::format_duration(MIN_SEED_CHECK)
-            )));
-        }
-        if let Some(age) = o.max_report_age {
-            let floor = o.collect_delay + o.interval;
-            if age < floor {
-                return Err(StartError::Config(format!(
-                    "--max-report-age ({}) must be at least --collect-delay plus --interval ({}): a report needs one interval after its collect delay to be delivered before it is dropped",
-                    timefmt::format_duration(age),
-                    timefmt::format_duration(floor)
-                )));
-            }
-        }
-        if o.post_timeout < MIN_POST_TIMEOUT {
-            return Err(StartError::Config(format!(
-                "--post-timeout must be at least {}: a shorter deadline fails POSTs the receiver would have answered, and every retry sends the report again",
-                timefmt::format_duration(MIN_POST_TIMEOUT)
-            )));
-        }
-        let static_bytes = serde_json::to_vec(&o.metrics).map_or(usize::MAX, |b| b.len());
-        if static_bytes > MAX_STATIC_METRICS_BYTES {
-            return Err(StartError::Config(format!(
-                "--metric values take {static_bytes} bytes; at most {MAX_STATIC_METRICS_BYTES} are allowed, so that a report stays under its size cap"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Binds the endpoint and starts the replica's background work.
+    /// Checks the options, binds the endpoint and starts the replica's background work.
     pub async fn start(self) -> Result<Replica, StartError> {
-        self.validate()?;
+        self.options.validate()?;
         let o = self.options;
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
-        let (fatal_tx, fatal_rx) = tokio::sync::watch::channel(None);
+        let (fatal_tx, fatal_rx) = watch::channel(None);
 
         if !o.reporting_enabled {
             let router = http::router(None, health.clone());
@@ -279,11 +444,12 @@ impl ReplicaBuilder {
         let deadline = store::DEFAULT_TIMEOUT.min(o.lease_ttl / 4);
         let store = match self.store {
             Some(s) => s,
-            None => store::open(&o.store, &o.store_options)
-                .map_err(|e| StartError::Config(e.to_string()))?,
+            None => store::open(&o.store, &o.store_options)?,
         }
         .with_timeout(deadline)
         .with_health(health.clone());
+        let delivery = Delivery::new(store.clone(), o.delivery(), health.clone())
+            .map_err(|e| StartError::Client(store::error_chain(&e)))?;
 
         let registry = self.registry.unwrap_or_else(|| stats::global().clone());
         let source = Arc::new(ReportSource::new(
@@ -308,22 +474,31 @@ impl ReplicaBuilder {
             "replica started"
         );
         if o.stats_url.is_none() {
-            tracing::info!("no --stats-url: reports are kept in the bucket only");
+            tracing::info!("no stats URL: reports are kept in the bucket only");
         }
 
         let mut tasks = vec![http_task];
-        tasks.push(tokio::spawn(sample_cpu(
+        tasks.push(tokio::spawn(tasks::sample_cpu(
             source.clone(),
             o.cpu_sample_period,
             shutdown.clone(),
         )));
         let keeper = SeedKeeper::new(store.clone(), o.seed_name.clone(), self.build.clone());
-        tasks.push(tokio::spawn(run(
-            o,
+        let plan = Plan {
+            interval: o.interval,
+            lease_ttl: o.lease_ttl,
+            seed_check: o.seed_check,
+        };
+        let parts = Parts {
             store,
             keeper,
-            source.clone(),
-            health.clone(),
+            source: source.clone(),
+            delivery,
+            health: health.clone(),
+        };
+        tasks.push(tokio::spawn(tasks::run(
+            plan,
+            parts,
             shutdown.clone(),
             fatal_tx,
         )));
@@ -338,192 +513,6 @@ impl ReplicaBuilder {
     }
 }
 
-async fn sample_cpu(source: Arc<ReportSource>, period: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => source.cpu().sample(),
-        }
-    }
-}
-
-/// Seed first; then the seed guard, the slot loop and the lease with delivery side by side.
-async fn run(
-    o: Options,
-    store: Store,
-    keeper: SeedKeeper,
-    source: Arc<ReportSource>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-    fatal: tokio::sync::watch::Sender<Option<String>>,
-) {
-    // A valid seed is adopted at once, before any write: reading needs no trust in the
-    // store's conditional writes, and a replica with read-only access still reports its ID.
-    let existing = match keeper.read().await {
-        Ok(crate::seed::ReadOutcome::Valid(seed)) => {
-            tracing::info!(cluster_id = seed.uid(), "adopted the cluster seed");
-            source.set_seed(seed.clone());
-            health.set_seed_known(true);
-            Some(seed)
-        }
-        _ => None,
-    };
-    match store::selftest::check(&store, &shutdown).await {
-        Ok(()) => {}
-        Err(store::selftest::SelfTestError::Shutdown) => return,
-        Err(e) => {
-            let _ = fatal.send(Some(e.to_string()));
-            return;
-        }
-    }
-    let seed = match existing {
-        Some(seed) => seed,
-        None => match keeper.agree(&shutdown).await {
-            Ok(seed) => seed,
-            Err(crate::seed::AgreeError::Shutdown) => return,
-            Err(e) => {
-                let _ = fatal.send(Some(e.to_string()));
-                return;
-            }
-        },
-    };
-    source.set_seed(seed.clone());
-    health.set_seed_known(true);
-    // The identity this replica holds; it only ever changes to an older one (see `seed`).
-    let (identity, identity_rx) = watch::channel(seed);
-
-    let delivery = Delivery::new(
-        store.clone(),
-        DeliveryConfig::from_options(&o),
-        health.clone(),
-    );
-    let leader = Leader::new(
-        store.clone(),
-        LeaseConfig::new(o.lease_ttl),
-        source.instance_id().to_string(),
-        health.clone(),
-    )
-    .with_identity(identity_rx.clone());
-    let guard = guard_seed(
-        keeper,
-        identity,
-        source.clone(),
-        o.seed_check,
-        shutdown.clone(),
-    );
-    let slots = freeze_slots(
-        identity_rx.clone(),
-        source.clone(),
-        delivery.clone(),
-        shutdown.clone(),
-    );
-    let lead = crate::delivery::lead(leader, delivery, identity_rx, o.interval, shutdown.clone());
-    tokio::join!(guard, slots, lead);
-}
-
-/// Re-reads the seed every `period` and keeps the cluster on one identity: restores a vanished
-/// or corrupted seed, writes this replica's identity over a younger one, adopts an older one.
-async fn guard_seed(
-    keeper: SeedKeeper,
-    identity: watch::Sender<Seed>,
-    source: Arc<ReportSource>,
-    period: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut log = StateLog::default();
-    loop {
-        if sleep_or_stop(period, &shutdown).await {
-            return;
-        }
-        // A lost race is checked again at once, a few times; then at the next period.
-        for _ in 0..3 {
-            let known = identity.borrow().clone();
-            let outcome = keeper.check(&known).await;
-            if let CheckOutcome::Failed(e) = &outcome {
-                if log.failing(e.kind()) {
-                    tracing::warn!(error = %e, "cannot check the cluster seed; will try again");
-                }
-                break;
-            }
-            if log.recovered() {
-                tracing::info!("cluster seed checked again");
-            }
-            match outcome {
-                CheckOutcome::Raced => continue,
-                CheckOutcome::Restored => tracing::warn!(
-                    cluster_id = known.uid(),
-                    "the cluster seed had vanished; restored it"
-                ),
-                CheckOutcome::Repaired => tracing::warn!(
-                    cluster_id = known.uid(),
-                    "the cluster seed was corrupted; restored it"
-                ),
-                CheckOutcome::Reasserted(younger) => tracing::warn!(
-                    cluster_id = known.uid(),
-                    replaced = %younger,
-                    "the bucket held a younger cluster ID; wrote back the older one, which every replica adopts at its next check"
-                ),
-                CheckOutcome::Adopt(older) => {
-                    tracing::warn!(
-                        from = known.uid(),
-                        to = older.uid(),
-                        "this replica's cluster ID changes to the older one in the bucket: two identities met after the bucket was wiped, and the older wins"
-                    );
-                    source.set_seed(older.clone());
-                    identity.send_replace(older);
-                }
-                CheckOutcome::Intact | CheckOutcome::Failed(_) => {}
-            }
-            break;
-        }
-    }
-}
-
-/// How long to sleep at most before looking at the wall clock again, so a clock jump or a
-/// suspended host neither skips nor doubles a slot.
-const MAX_SLEEP: Duration = Duration::from_secs(5);
-
-/// Freezes this replica's report at every slot and keeps it in the bucket.
-async fn freeze_slots(
-    identity: watch::Receiver<Seed>,
-    source: Arc<ReportSource>,
-    delivery: Delivery,
-    shutdown: CancellationToken,
-) {
-    let interval = source.interval();
-    let mut seed = identity.borrow().clone();
-    // Nothing is frozen for a slot that passed before this replica started.
-    let mut done = slots::last_slot(&seed.created_at(), chrono::Utc::now(), interval);
-    loop {
-        let now = chrono::Utc::now();
-        if identity.borrow().uid() != seed.uid() {
-            // Slots follow a new identity; nothing is frozen for one of its slots that passed.
-            seed = identity.borrow().clone();
-            done = slots::last_slot(&seed.created_at(), now, interval);
-        }
-        let created = seed.created_at();
-        if let Some(due) = slots::slot_to_freeze(&created, now, interval, done) {
-            let report = source.freeze(due);
-            delivery
-                .keep(due, &source.instance_id().to_string(), report, &shutdown)
-                .await;
-            done = Some(due);
-            continue;
-        }
-        let next = slots::next_slot(&created, now + chrono::Duration::nanoseconds(1), interval);
-        let wait = next
-            .and_then(|n| (n - now).to_std().ok())
-            .unwrap_or(MAX_SLEEP)
-            .min(MAX_SLEEP);
-        if sleep_or_stop(wait, &shutdown).await {
-            return;
-        }
-    }
-}
-
 /// A running replica.
 #[derive(Debug)]
 pub struct Replica {
@@ -532,7 +521,7 @@ pub struct Replica {
     tasks: Vec<JoinHandle<()>>,
     source: Option<Arc<ReportSource>>,
     health: Arc<Health>,
-    fatal: tokio::sync::watch::Receiver<Option<String>>,
+    fatal: watch::Receiver<Option<Fatal>>,
 }
 
 impl Replica {
@@ -546,12 +535,13 @@ impl Replica {
         self.source.as_ref()
     }
 
+    /// The reporter's own health figures, as `/metrics` serves them.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
     }
 
-    /// Resolves with a reason if the replica hit an error it cannot work past.
-    pub async fn failed(&mut self) -> String {
+    /// Resolves if the replica hits an error it cannot work past; pending for ever otherwise.
+    pub async fn failed(&mut self) -> Fatal {
         loop {
             if let Some(reason) = self.fatal.borrow().clone() {
                 return reason;

@@ -8,8 +8,7 @@
 //! Privacy: a report carries only what is listed here. No hostname, address, user name, path
 //! or environment value is ever read into it; `buildUser` stays empty.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -18,6 +17,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::build_info::BuildInfo;
+use crate::process::{go_arch, go_os, memstats, num_threads, CpuSampler};
 use crate::seed::Seed;
 use crate::slots;
 use crate::stats::Registry;
@@ -34,39 +34,32 @@ pub const MAX_STATIC_METRICS_BYTES: usize = 64 * 1024;
 /// The JSON body sent for one replica and one slot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The seed's UID.
     #[serde(rename = "clusterID")]
     pub cluster_id: String,
+    /// The seed's `created_at`.
     #[serde(rename = "createdAt")]
     pub created_at: String,
+    /// The slot: `createdAt + k * interval`, in the seed's zone.
     pub interval: String,
+    /// The interval in seconds.
     #[serde(rename = "intervalPeriod")]
     pub interval_period: Value,
+    /// The replica's role.
     pub target: String,
+    /// A random UUID drawn when the process starts.
     #[serde(rename = "instanceID")]
     pub instance_id: String,
+    /// The build.
     pub version: BuildInfo,
+    /// The OS, by Go's name.
     pub os: String,
+    /// The architecture, by Go's name.
     pub arch: String,
+    /// Always `oss`.
     pub edition: String,
+    /// Built-in, registered and static metrics.
     pub metrics: Map<String, Value>,
-}
-
-/// Go's names for the platform, which receivers built for Tempo's data expect.
-pub fn go_os() -> &'static str {
-    match std::env::consts::OS {
-        "macos" => "darwin",
-        other => other,
-    }
-}
-
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64",
-        other => other,
-    }
 }
 
 /// `intervalPeriod` in seconds: an integer when whole, as Go's receivers print it.
@@ -75,84 +68,6 @@ fn seconds_value(d: Duration) -> Value {
         json!(d.as_secs())
     } else {
         json!(d.as_secs_f64())
-    }
-}
-
-/// Highest process CPU use, in percent of one core, among the samples since the last freeze.
-#[derive(Debug)]
-pub struct CpuSampler {
-    last: Mutex<Option<(Instant, Duration)>>,
-    max_bits: AtomicU64,
-}
-
-impl Default for CpuSampler {
-    fn default() -> Self {
-        CpuSampler {
-            last: Mutex::new(process_cpu_time().map(|t| (Instant::now(), t))),
-            max_bits: AtomicU64::new(0f64.to_bits()),
-        }
-    }
-}
-
-impl CpuSampler {
-    /// Takes one sample: CPU time used since the previous sample over wall time.
-    pub fn sample(&self) {
-        let Some(cpu) = process_cpu_time() else {
-            return;
-        };
-        let now = Instant::now();
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
-        if let Some((t0, c0)) = *last {
-            let wall = now.saturating_duration_since(t0).as_secs_f64();
-            if wall > 0.0 {
-                let pct = cpu.saturating_sub(c0).as_secs_f64() / wall * 100.0;
-                let _ = self
-                    .max_bits
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                        (pct > f64::from_bits(bits)).then_some(pct.to_bits())
-                    });
-            }
-        }
-        *last = Some((now, cpu));
-    }
-
-    pub fn max(&self) -> f64 {
-        f64::from_bits(self.max_bits.load(Ordering::Relaxed))
-    }
-
-    fn take_max(&self) -> f64 {
-        f64::from_bits(self.max_bits.swap(0f64.to_bits(), Ordering::Relaxed))
-    }
-}
-
-/// User plus system CPU time of this process.
-pub fn process_cpu_time() -> Option<Duration> {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return None;
-    }
-    let micros = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
-    Some(Duration::from_micros(
-        micros(usage.ru_utime) + micros(usage.ru_stime),
-    ))
-}
-
-/// Threads of this process (Linux), from `/proc/self/stat`.
-fn num_threads() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; num_threads is field 20 overall.
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(17)?.parse().ok()
-}
-
-/// What the process can honestly say about its memory.
-fn memstats() -> Value {
-    match memory_stats::memory_stats() {
-        Some(m) => json!({"resident_bytes": m.physical_mem, "virtual_bytes": m.virtual_mem}),
-        None => json!({}),
     }
 }
 
@@ -170,6 +85,7 @@ pub struct ReportSource {
 }
 
 impl ReportSource {
+    /// A source for a replica with this role, build, interval, registry and static metrics.
     pub fn new(
         target: String,
         build: BuildInfo,
@@ -189,28 +105,34 @@ impl ReportSource {
         }
     }
 
+    /// This process's instance ID.
     pub fn instance_id(&self) -> Uuid {
         self.instance_id
     }
 
+    /// The report period.
     pub fn interval(&self) -> Duration {
         self.interval
     }
 
+    /// The metrics registry reported.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
+    /// The CPU sampler.
     pub fn cpu(&self) -> &CpuSampler {
         &self.cpu
     }
 
+    /// The cluster identity reports carry from now on.
     pub fn set_seed(&self, seed: Seed) {
         if let Ok(mut s) = self.seed.write() {
             *s = Some(seed);
         }
     }
 
+    /// The cluster identity, once known.
     pub fn seed(&self) -> Option<Seed> {
         self.seed.read().ok().and_then(|s| s.clone())
     }
@@ -287,7 +209,7 @@ mod tests {
         ReportSource::new(
             "ingester".into(),
             BuildInfo::reporter(),
-            Duration::from_secs(4 * 3600),
+            crate::defaults::INTERVAL,
             Arc::new(Registry::new()),
             vec![("region_count".into(), json!(3))],
         )
@@ -320,20 +242,5 @@ mod tests {
         assert_eq!(r.created_at, "2024-01-01T02:00:00+02:00");
         // Slots every 4 h from 2024-01-01T00:00Z: the one in progress at 01:00Z is 04:00Z.
         assert_eq!(r.interval, "2024-01-02T06:00:00+02:00");
-    }
-
-    #[test]
-    fn cpu_sampler_sees_work() {
-        let c = CpuSampler::default();
-        let start = Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(50) {
-            x = x.wrapping_add(std::hint::black_box(1));
-        }
-        c.sample();
-        assert!(x > 0);
-        assert!(c.max() > 0.0, "{}", c.max());
-        assert!(c.take_max() > 0.0);
-        assert_eq!(c.max(), 0.0);
     }
 }

@@ -1,7 +1,7 @@
 //! Waiting well: backoff delays, shutdown-aware sleeps, and logging a failing state once.
 //!
 //! Every retry loop in the crate (seed agreement, the store self-test, the lease, keeping and
-//! delivering reports) uses these three, so they back off alike, stop alike on shutdown, and
+//! delivering reports, the inspection commands) uses these, so they back off alike, stop alike on shutdown, and
 //! log a failure when it starts or changes and once when it ends, never on every attempt.
 
 use std::time::Duration;
@@ -24,6 +24,27 @@ pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> 
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// Calls `f` up to `attempts` times while it fails with an error `retryable` accepts, waiting
+/// 200 ms, then four times longer each time. For one-shot commands, which must not wait long.
+pub(crate) async fn a_few_times<T, E>(
+    attempts: u32,
+    retryable: impl Fn(&E) -> bool,
+    mut f: impl AsyncFnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if attempt < attempts && retryable(&e) => {
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 

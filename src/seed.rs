@@ -56,18 +56,25 @@ pub struct Seed {
 /// Why an object is not a valid seed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Corruption {
+    /// Not JSON at all.
     #[error("not JSON: {0}")]
     NotJson(String),
+    /// JSON, but not an object.
     #[error("not a JSON object")]
     NotObject,
+    /// No string `UID`.
     #[error("\"UID\" is missing or not a string")]
     MissingUid,
+    /// A `UID` that is not a UUID, or the nil one.
     #[error("\"UID\" {0:?} is not a UUID")]
     BadUid(String),
+    /// No string `created_at`.
     #[error("\"created_at\" is missing or not a string")]
     MissingCreatedAt,
+    /// A `created_at` that is not RFC 3339.
     #[error("\"created_at\" {0:?} is not an RFC 3339 timestamp")]
     BadCreatedAt(String),
+    /// Past the seed size cap.
     #[error("larger than {MAX_SEED_BYTES} bytes")]
     TooLarge,
 }
@@ -141,6 +148,7 @@ impl Seed {
         self.created_at
     }
 
+    /// The writer's version block, if any.
     pub fn version(&self) -> Option<&Value> {
         self.version.as_ref()
     }
@@ -206,16 +214,21 @@ fn truncated(s: &str) -> String {
 /// How a read of the seed turned out.
 #[derive(Debug)]
 pub enum ReadOutcome {
+    /// A valid seed.
     Valid(Seed),
+    /// No object.
     Absent,
+    /// An object that is not a valid seed.
     Corrupted(Corruption),
 }
 
 /// Why agreement stopped without a seed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgreeError {
+    /// Shutdown came first.
     #[error("shut down before the cluster seed was known")]
     Shutdown,
+    /// The store cannot replace a corrupted seed (no compare-and-swap).
     #[error("cannot replace the corrupted seed: {0}")]
     Unsupported(StoreError),
 }
@@ -248,6 +261,7 @@ pub struct SeedKeeper {
 }
 
 impl SeedKeeper {
+    /// A keeper of the seed `name` on `store`; fresh seeds carry `build`.
     pub fn new(store: Store, name: impl Into<String>, build: BuildInfo) -> Self {
         SeedKeeper {
             store,
@@ -256,6 +270,7 @@ impl SeedKeeper {
         }
     }
 
+    /// The seed's object name.
     pub fn name(&self) -> &str {
         &self.name
     }

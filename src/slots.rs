@@ -72,6 +72,7 @@ pub fn slot_key(slot: DateTime<Utc>) -> String {
     format!("{:020}", slot.timestamp_nanos_opt().unwrap_or(0).max(0))
 }
 
+/// The slot of a 20-digit key.
 pub fn parse_slot_key(s: &str) -> Option<DateTime<Utc>> {
     if s.len() != 20 {
         return None;

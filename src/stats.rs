@@ -10,7 +10,7 @@
 //!   distinct word, not the word, so memory per word is bounded whatever the word's length.
 //!
 //! Handles are get-or-create by name; asking for an existing name as another kind is a
-//! [`TypeMismatch`] the caller sees. Registration takes a lock; the hot path never does:
+//! [`RegisterError::TypeMismatch`] the caller sees. Registration takes a lock; the hot path never does:
 //! counters add to one of [`SHARDS`] cache-line-padded atomics picked per thread, statistics and
 //! word counters lock one of [`SHARDS`] uncontended shards. Reads merge the shards.
 //!
@@ -25,6 +25,22 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
+
+/// The one lock policy: every critical section here leaves its value consistent (a counter, a
+/// set, a map insert), so a lock poisoned by a panicking thread still holds a usable value and
+/// is taken as it is. A metric never stops working, and never panics, because of another
+/// thread's panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// How many shards a counter, statistics or word counter spreads its updates over.
 pub const SHARDS: usize = 16;
@@ -49,13 +65,13 @@ struct Padded<T>(T);
 pub struct StringVar(Mutex<String>);
 
 impl StringVar {
+    /// Sets the value.
     pub fn set(&self, value: impl Into<String>) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = value.into();
-        }
+        *lock(&self.0) = value.into();
     }
+    /// The value.
     pub fn get(&self) -> String {
-        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+        lock(&self.0).clone()
     }
 }
 
@@ -64,9 +80,11 @@ impl StringVar {
 pub struct IntVar(AtomicI64);
 
 impl IntVar {
+    /// Sets the value.
     pub fn set(&self, value: i64) {
         self.0.store(value, Ordering::Relaxed);
     }
+    /// The value.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -77,9 +95,11 @@ impl IntVar {
 pub struct FloatVar(AtomicU64);
 
 impl FloatVar {
+    /// Sets the value.
     pub fn set(&self, value: f64) {
         self.0.store(value.to_bits(), Ordering::Relaxed);
     }
+    /// The value.
     pub fn get(&self) -> f64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
@@ -109,9 +129,11 @@ impl Default for Counter {
 }
 
 impl Counter {
+    /// Adds one.
     pub fn inc(&self) {
         self.add(1);
     }
+    /// Adds `n`.
     pub fn add(&self, n: i64) {
         self.shards[shard_index()].0.fetch_add(n, Ordering::Relaxed);
     }
@@ -132,21 +154,14 @@ impl Counter {
     }
     /// `{"total","rate"}` without resetting anything.
     pub fn value(&self) -> Value {
-        let since = self
-            .since
-            .lock()
-            .map(|s| *s)
-            .unwrap_or_else(|_| Instant::now());
+        let since = *lock(&self.since);
         let total = self.total();
         json!({"total": total, "rate": Self::rate(total, since, Instant::now())})
     }
     /// `{"total","rate"}` of the slot that ends now, and a fresh start. Every increment lands
     /// in exactly one slot: the shards are swapped to zero one by one.
     pub fn freeze(&self, now: Instant) -> Value {
-        let mut since = match self.since.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut since = lock(&self.since);
         let total = self
             .shards
             .iter()
@@ -220,24 +235,21 @@ impl Statistics {
         if !x.is_finite() {
             return;
         }
-        let mut w = match self.shards[shard_index()].0.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut w = lock(&self.shards[shard_index()].0);
         w.record(x);
     }
     fn merged(&self) -> Welford {
         let mut total = Welford::default();
         for s in &self.shards {
-            if let Ok(w) = s.0.lock() {
-                total.merge(&w);
-            }
+            total.merge(&lock(&s.0));
         }
         total
     }
+    /// How many so far.
     pub fn count(&self) -> u64 {
         self.merged().count
     }
+    /// The report's value, changing nothing.
     pub fn value(&self) -> Value {
         let w = self.merged();
         let var = if w.count > 0 {
@@ -282,36 +294,38 @@ impl std::fmt::Debug for WordCounter {
 }
 
 impl WordCounter {
+    /// Counts `word` if it is new.
     pub fn add(&self, word: &str) {
         let h = self.hasher.hash_one(word);
         // The shard is chosen by hash, so a word lives in one shard only.
         let shard = &self.shards[(h >> 58) as usize % SHARDS].0;
         // Most adds are words already seen: a shared read lock answers those.
-        if shard.read().map(|set| set.contains(&h)).unwrap_or(false) {
+        if read(shard).contains(&h) {
             return;
         }
-        let mut set = match shard.write() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut set = write(shard);
         set.insert(h);
     }
+    /// How many so far.
     pub fn count(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.read().map(|set| set.len() as u64).unwrap_or(0))
-            .sum()
+        self.shards.iter().map(|s| read(&s.0).len() as u64).sum()
     }
 }
 
 /// One registered metric.
 #[derive(Clone, Debug)]
 pub enum Metric {
+    /// A string.
     String(Arc<StringVar>),
+    /// An integer.
     Int(Arc<IntVar>),
+    /// A float.
     Float(Arc<FloatVar>),
+    /// A counter with rate.
     Counter(Arc<Counter>),
+    /// Running statistics.
     Statistics(Arc<Statistics>),
+    /// A distinct-word counter.
     Words(Arc<WordCounter>),
 }
 
@@ -347,14 +361,20 @@ fn float_value(f: f64) -> Value {
 /// A name is already registered as another kind, or is one the reporter reserves.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
+    /// The name is taken by a metric of another kind.
     #[error("usage metric {name:?} is already registered as a {existing}, not a {requested}")]
     TypeMismatch {
+        /// The metric's name.
         name: String,
+        /// The kind it has.
         existing: &'static str,
+        /// The kind asked for.
         requested: &'static str,
     },
+    /// The name is a built-in metric's.
     #[error("usage metric {0:?} is reserved for the reporter's built-in metrics")]
     Reserved(String),
+    /// An empty name.
     #[error("usage metric names must not be empty")]
     EmptyName,
 }
@@ -382,6 +402,7 @@ macro_rules! getter {
 }
 
 impl Registry {
+    /// An empty registry.
     pub fn new() -> Self {
         Registry::default()
     }
@@ -397,15 +418,10 @@ impl Registry {
         if RESERVED.contains(&name) {
             return Err(RegisterError::Reserved(name.to_string()));
         }
-        if let Ok(map) = self.metrics.read() {
-            if let Some(m) = map.get(name) {
-                return Ok(m.clone());
-            }
+        if let Some(m) = read(&self.metrics).get(name) {
+            return Ok(m.clone());
         }
-        let mut map = match self.metrics.write() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = write(&self.metrics);
         Ok(map.entry(name.to_string()).or_insert_with(make).clone())
     }
 
@@ -423,14 +439,10 @@ impl Registry {
         words, Words, WordCounter, "word counter");
 
     fn all(&self) -> Vec<(String, Metric)> {
-        match self.metrics.read() {
-            Ok(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
+        read(&self.metrics)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Every metric's current value; changes nothing.
@@ -492,7 +504,7 @@ mod tests {
     #[test]
     fn published_counter_case() {
         let c = Counter::default();
-        let start = *c.since.lock().unwrap();
+        let start = *lock(&c.since);
         for n in [100, 200, 300] {
             c.add(n);
         }

@@ -38,6 +38,7 @@ pub fn unix_nanos<Tz: TimeZone>(t: &DateTime<Tz>) -> Option<i64> {
     t.timestamp_nanos_opt()
 }
 
+/// The instant `nanos` after the Unix epoch.
 pub fn from_unix_nanos(nanos: i64) -> DateTime<Utc> {
     Utc.timestamp_nanos(nanos)
 }

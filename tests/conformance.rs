@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{Bucket, Proc, Receiver};
 use tokio_util::sync::CancellationToken;
 use usage_reporter::health::Health;
-use usage_reporter::lease::{Leader, LeaseConfig};
+use usage_reporter::lease::{Elector, LeaseConfig};
 use usage_reporter::seed::DEFAULT_SEED_NAME;
 use usage_reporter::store::{selftest, Store, StoreError};
 use usage_reporter::BuildInfo;
@@ -116,6 +116,15 @@ async fn cas_no_lost_update(b: Bucket) {
         b.name
     );
     eprintln!("{}: {conflicts} lost races retried", b.name);
+    // Deleting is idempotent on every backend: present, then absent, then never there.
+    store.delete(key).await.unwrap();
+    store.delete(key).await.unwrap();
+    store.delete("usage/conformance/never.json").await.unwrap();
+    assert!(
+        matches!(store.get(key).await, Err(StoreError::NotFound { .. })),
+        "{}",
+        b.name
+    );
 }
 
 async fn selftest_passes(b: Bucket) {
@@ -132,7 +141,7 @@ async fn selftest_passes(b: Bucket) {
 async fn lease_handover_and_failover(b: Bucket) {
     let ttl = Duration::from_secs(3);
     let make = |s: Store| {
-        Leader::new(
+        Elector::new(
             s.with_timeout(ttl / 4),
             LeaseConfig::new(ttl),
             uuid::Uuid::new_v4().to_string(),
@@ -236,7 +245,7 @@ async fn identity_survives_the_seed(b: Bucket) {
         .unwrap();
     // A leader keeps the identity in the lease record; a clean stop leaves it there.
     let (_tx, rx) = tokio::sync::watch::channel(a.clone());
-    let leader = Leader::new(
+    let leader = Elector::new(
         store.clone(),
         LeaseConfig::new(Duration::from_secs(3)),
         uuid::Uuid::new_v4().to_string(),

@@ -1,4 +1,4 @@
-//! Leader election and delivery with real `reporter run` processes and a real receiver on
+//! Elector election and delivery with real `reporter run` processes and a real receiver on
 //! 127.0.0.1: every slot delivered, once per replica; leaders killed at random moments; clean
 //! hand-over; a failing receiver; a receiver down past the age bound.
 

@@ -34,14 +34,18 @@ pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 /// What a compare-and-swap compares: S3 and Azure compare `e_tag`, GCS `version`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Version {
+    /// The ETag, where the store has one.
     pub e_tag: Option<String>,
+    /// The generation or version ID, where the store has one.
     pub version: Option<String>,
 }
 
 /// An object's bytes and the version they were read at.
 #[derive(Clone, Debug)]
 pub struct Object {
+    /// The content.
     pub bytes: Bytes,
+    /// The version the content was read at.
     pub version: Version,
 }
 
@@ -49,35 +53,77 @@ pub struct Object {
 /// answers about the object; every other variant says nothing about its content.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No object at the key.
     #[error("{key}: not found")]
-    NotFound { key: String },
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// A create-if-absent found an object already there: a lost race.
     #[error("{key}: already exists")]
-    AlreadyExists { key: String },
+    AlreadyExists {
+        /// The key asked for.
+        key: String,
+    },
+    /// A compare-and-swap found the object changed since it was read: a lost race.
     #[error("{key}: changed since it was read")]
-    Precondition { key: String },
+    Precondition {
+        /// The key asked for.
+        key: String,
+    },
     /// Carries the version seen, so an oversized object can still be replaced by CAS.
     #[error("{key}: larger than {limit} bytes")]
     TooLarge {
+        /// The key asked for.
         key: String,
+        /// The limit the read had.
         limit: usize,
+        /// The object's version.
         version: Version,
     },
     /// Not a plain object: a symbolic link, a directory, a device or a pipe. The local store
     /// never follows links, so nothing outside the bucket is ever read through one.
     #[error("{key}: not a regular file ({what}); links are never followed")]
-    NotRegular { key: String, what: &'static str },
+    NotRegular {
+        /// The key asked for.
+        key: String,
+        /// What is there instead.
+        what: &'static str,
+    },
+    /// The credentials may not do this.
     #[error("{key}: permission denied: {message}")]
-    PermissionDenied { key: String, message: String },
+    PermissionDenied {
+        /// The key asked for.
+        key: String,
+        /// What the store said.
+        message: String,
+    },
+    /// The store cannot do this at all (conditional writes, most often).
     #[error("{key}: the store does not support {what}")]
-    NotSupported { key: String, what: String },
+    NotSupported {
+        /// The key asked for.
+        key: String,
+        /// What it cannot do.
+        what: String,
+    },
+    /// No answer within the call's deadline.
     #[error("{key}: {op} did not finish within {timeout:?}")]
     Timeout {
+        /// The key asked for.
         key: String,
+        /// The call: get, create, update, list or delete.
         op: &'static str,
+        /// The deadline.
         timeout: Duration,
     },
+    /// Anything else the store or the network said, with its causes.
     #[error("{key}: {message}")]
-    Other { key: String, message: String },
+    Other {
+        /// The key asked for.
+        key: String,
+        /// What was said.
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -123,7 +169,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ) -> Result<Version, StoreError>;
     /// Keys under `prefix` (a directory-like key), relative to the store prefix.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
-    /// Removes an object; `NotFound` when it was not there.
+    /// Removes an object. Succeeds whether or not it was there, as S3, GCS and Azure deletes
+    /// do, so a clean-up interrupted and repeated is no error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Where this backend points, for logs: scheme, bucket and prefix, never credentials.
     fn describe(&self) -> String;
@@ -150,6 +197,7 @@ impl fmt::Debug for Store {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
+    /// A store over `backend`, with the default deadline.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         Store {
             backend,
@@ -163,24 +211,29 @@ impl Store {
         Store::new(Arc::new(cloud::CloudStore::memory()))
     }
 
+    /// Sets the deadline of every call.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// Counts requests into `health`.
     pub fn with_health(mut self, health: Arc<Health>) -> Self {
         self.health = health;
         self
     }
 
+    /// The deadline of every call.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
+    /// Where requests are counted.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
     }
 
+    /// Where the store points, for logs: never credentials.
     pub fn describe(&self) -> String {
         self.backend.describe()
     }
@@ -207,19 +260,23 @@ impl Store {
         result
     }
 
+    /// Reads an object of at most 1 MiB.
     pub async fn get(&self, key: &str) -> Result<Object, StoreError> {
         self.get_limited(key, MAX_OBJECT_BYTES).await
     }
 
+    /// Reads an object of at most `limit` bytes.
     pub async fn get_limited(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
         self.call("get", key, self.backend.get(key, limit)).await
     }
 
+    /// Create-if-absent.
     pub async fn create(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Version, StoreError> {
         self.call("create", key, self.backend.create(key, bytes.into()))
             .await
     }
 
+    /// Compare-and-swap against `expected`.
     pub async fn update(
         &self,
         key: &str,
@@ -234,10 +291,12 @@ impl Store {
         .await
     }
 
+    /// Every key under `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.call("list", prefix, self.backend.list(prefix)).await
     }
 
+    /// Deletes an object; no error if it is not there.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.call("delete", key, self.backend.delete(key)).await
     }

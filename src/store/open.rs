@@ -24,25 +24,60 @@ use super::Store;
 /// Why a store could not be opened. Always a problem with the arguments or environment.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("--store is empty")]
+    /// No URL or path at all.
+    #[error("the store URL is empty")]
     Empty,
-    #[error("--store {url:?} is not a valid URL: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("--store scheme {scheme:?} is not supported; use a path, file://, memory://, s3://, gs:// or az://")]
-    UnsupportedScheme { scheme: String },
-    #[error("--store-option {key:?} is not a known option for {scheme} stores")]
-    UnknownOption { key: String, scheme: &'static str },
-    #[error("--store-option {0:?} must look like key=value")]
-    BadOption(String),
-    #[error("--store-option {0:?} has no effect on local directories or memory://")]
-    OptionForLocal(String),
-    #[error("cannot configure the {scheme} store: {reason}")]
-    Build {
-        scheme: &'static str,
+    /// Not a URL.
+    #[error("{url:?} is not a valid store URL: {reason}")]
+    BadUrl {
+        /// The URL, credentials redacted.
+        url: String,
+        /// What the parser said.
         reason: String,
     },
+    /// A URL of another kind.
+    #[error("store scheme {scheme:?} is not supported; use a path, file://, memory://, s3://, gs:// or az://")]
+    UnsupportedScheme {
+        /// The scheme given.
+        scheme: String,
+    },
+    /// A store option its client does not know.
+    #[error("store option {key:?} is not a known option for {scheme} stores")]
+    UnknownOption {
+        /// The option's key (its value is never shown).
+        key: String,
+        /// The store's scheme.
+        scheme: &'static str,
+    },
+    /// Not `key=value`.
+    #[error("store option {0:?} must look like key=value")]
+    BadOption(String),
+    /// Options given for a store that takes none.
+    #[error("store option {0:?} has no effect on local directories or memory://")]
+    OptionForLocal(String),
+    /// The client refused its configuration.
+    #[error("cannot configure the {scheme} store: {reason}")]
+    Build {
+        /// The store's scheme.
+        scheme: &'static str,
+        /// What the client said.
+        reason: String,
+    },
+    /// The working directory could not be read.
     #[error("cannot resolve the store path: {0}")]
     Path(String),
+}
+
+impl OpenError {
+    /// Whether the error is about a store option rather than the URL.
+    pub fn about_an_option(&self) -> bool {
+        matches!(
+            self,
+            OpenError::UnknownOption { .. }
+                | OpenError::BadOption(_)
+                | OpenError::OptionForLocal(_)
+        )
+    }
 }
 
 /// Splits `key=value`.

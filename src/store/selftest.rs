@@ -14,14 +14,34 @@ use tokio_util::sync::CancellationToken;
 use super::{Store, StoreError};
 use crate::retry::{backoff, sleep_or_stop, StateLog};
 
+/// Why the self-test refused the store.
 #[derive(Debug, thiserror::Error)]
 pub enum SelfTestError {
+    /// A second create-if-absent succeeded.
     #[error("the store at {store} ignores create-if-absent (a second create of {key} succeeded); refusing to run the seed race and leader election on it")]
-    CreateIgnored { store: String, key: String },
+    CreateIgnored {
+        /// The store.
+        store: String,
+        /// The scratch key.
+        key: String,
+    },
+    /// A compare-and-swap against a stale version succeeded.
     #[error("the store at {store} ignores compare-and-swap (a write against a stale version of {key} succeeded); refusing to run leader election on it")]
-    CasIgnored { store: String, key: String },
+    CasIgnored {
+        /// The store.
+        store: String,
+        /// The scratch key.
+        key: String,
+    },
+    /// The store refused conditional writes.
     #[error("the store at {store} does not support conditional writes ({0}); refusing to run the seed race and leader election on it", .source)]
-    Unsupported { store: String, source: StoreError },
+    Unsupported {
+        /// The store.
+        store: String,
+        /// What it answered.
+        source: StoreError,
+    },
+    /// Shutdown came first.
     #[error("shut down during the store self-test")]
     Shutdown,
 }
