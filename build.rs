@@ -36,6 +36,10 @@ fn main() {
         .or_else(|| run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]))
         .unwrap_or_default();
     println!("cargo:rustc-env=REPORTER_RUST_VERSION={rust_version}");
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!(
+        "cargo:rustc-env=REPORTER_VERSION_LONG={version} (revision {revision}, {rust_version})"
+    );
     println!("cargo:rustc-env=REPORTER_REVISION={revision}");
     println!("cargo:rustc-env=REPORTER_BRANCH={branch}");
     println!("cargo:rustc-env=REPORTER_BUILD_DATE={date}");

@@ -81,6 +81,14 @@ log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
+log "cargo check without the cloud clients (features s3, gcs, azure off)"
+cargo check --quiet --no-default-features
+if [ ! -x "$cache/cargo/bin/cargo-deny" ]; then
+  log "installing cargo-deny into $cache/cargo (about 2 minutes, once)"
+  cargo install --quiet --locked cargo-deny@0.20.2 --root "$cache/cargo"
+fi
+log "cargo deny check licenses bans sources"
+"$cache/cargo/bin/cargo-deny" --log-level error check licenses bans sources
 log "module import graph (no cycle)"
 python3 scripts/import-graph.py >/dev/null
 log "cargo doc (no warnings)"

@@ -31,18 +31,33 @@ impl std::str::FromStr for Dur {
     }
 }
 
+/// Anonymous usage reporting for a cluster of replicas sharing one bucket
 #[derive(Debug, Parser)]
 #[command(
     name = "reporter",
-    version,
-    about = "Anonymous usage reporting for a cluster of replicas sharing one bucket",
+    version = env!("REPORTER_VERSION_LONG"),
     propagate_version = true
 )]
-/// The command line.
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text or json (one object per line).
+    #[arg(long, global = true, env = "REPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level: error, warn, info, debug or trace [default: info for run, warn otherwise].
+    /// RUST_LOG, when set, wins.
+    #[arg(long, global = true, env = "REPORTER_LOG_LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: Option<String>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands.
@@ -55,21 +70,28 @@ pub enum Command {
     Seed {
         /// What to do with it.
         #[command(subcommand)]
-        command: ShowCommand,
+        command: SeedCommand,
     },
     /// Inspect the leader lease.
     Lease {
         /// What to do with it.
         #[command(subcommand)]
-        command: ShowCommand,
+        command: LeaseCommand,
     },
 }
 
-/// The one thing to do with a seed or a lease.
+/// What to do with the seed.
 #[derive(Debug, Subcommand)]
-pub enum ShowCommand {
-    /// Print it and exit.
-    Show(ShowArgs),
+pub enum SeedCommand {
+    /// Print the cluster seed and exit.
+    Show(SeedShowArgs),
+}
+
+/// What to do with the lease.
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Print the leader lease and exit.
+    Show(LeaseShowArgs),
 }
 
 /// Where the bucket is.
@@ -89,14 +111,25 @@ pub struct StoreArgs {
         value_parser = parse_store_option
     )]
     pub store_options: Vec<(String, String)>,
+}
+
+/// The arguments of `seed show`.
+#[derive(Debug, Clone, Args)]
+pub struct SeedShowArgs {
+    /// Where the bucket is.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Seed object name under the store prefix.
     #[arg(long, env = "REPORTER_SEED_NAME", default_value = crate::seed::DEFAULT_SEED_NAME, value_parser = parse_seed_name)]
     pub seed_name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// The arguments of `seed show` and `lease show`.
+/// The arguments of `lease show`.
 #[derive(Debug, Clone, Args)]
-pub struct ShowArgs {
+pub struct LeaseShowArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: StoreArgs,
@@ -111,6 +144,9 @@ pub struct RunArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Seed object name under the store prefix.
+    #[arg(long, env = "REPORTER_SEED_NAME", default_value = crate::seed::DEFAULT_SEED_NAME, value_parser = parse_seed_name)]
+    pub seed_name: String,
     /// Local HTTP endpoint (port 0 picks a free port; the bound address is logged).
     #[arg(long, env = "REPORTER_LISTEN", default_value_t = defaults::LISTEN)]
     pub listen: SocketAddr,
@@ -163,7 +199,7 @@ impl From<RunArgs> for Options {
             lease_ttl: a.lease_ttl.0,
             collect_delay: a.collect_delay.0,
             metrics: a.metrics,
-            seed_name: a.store.seed_name,
+            seed_name: a.seed_name,
             reporting_enabled: a.reporting_enabled,
             seed_check: a.seed_check.0,
             max_report_age: a.max_report_age.map(|d| d.0),

@@ -302,6 +302,62 @@ impl Delivery {
         }
     }
 
+    /// Sends this replica's own frozen report straight to the stats URL, for a replica that
+    /// cannot write the bucket: retries until the next slot, at most one 2xx per slot, the same
+    /// bytes and `Idempotency-Key` every time.
+    pub async fn send_own(
+        &self,
+        slot: DateTime<Utc>,
+        instance: &str,
+        report: Report,
+        seed: &Seed,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(url) = &self.cfg.stats_url else {
+            return;
+        };
+        let bytes = match serde_json::to_vec(&report) {
+            Ok(b) if b.len() <= MAX_REPORT_BYTES => Bytes::from(b),
+            _ => {
+                tracing::error!(slot = %timefmt::rfc3339_nano(&slot), "this slot's report cannot be encoded within the report size cap; not sent");
+                self.health.report_dropped();
+                return;
+            }
+        };
+        let Verdict::Send(key) = vet(&bytes, seed, slot, instance) else {
+            return;
+        };
+        let give_up = Instant::now() + self.cfg.interval;
+        let mut delays = backoff(
+            Duration::from_secs(1).min(self.cfg.interval / 10),
+            Duration::from_secs(300).min(self.cfg.interval / 2),
+        );
+        loop {
+            match self
+                .post(url, bytes.clone(), &key, &|| Some(0), shutdown)
+                .await
+            {
+                Ok(latency) => {
+                    self.health.report_delivered(latency);
+                    return;
+                }
+                Err(PostError::Shutdown) => return,
+                Err(e) => {
+                    let wait = delays.next().unwrap_or(Duration::from_secs(300));
+                    if Instant::now() + wait > give_up {
+                        tracing::error!(slot = %timefmt::rfc3339_nano(&slot), error = %e, "gave up sending this slot's report before the next slot");
+                        self.health.report_dropped();
+                        return;
+                    }
+                    tracing::warn!(slot = %timefmt::rfc3339_nano(&slot), error = %e, "report not sent; retrying");
+                    if sleep_or_stop(wait, shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// One delivery pass for the cluster `seed`; see the module docs.
     pub async fn pass(
         &self,
@@ -398,6 +454,13 @@ impl Delivery {
                 true => Turn::Skipped,
                 false => Turn::Unrecorded,
             };
+        }
+        if self.cfg.stats_url.is_none() {
+            // Kept in the bucket only, by choice: they expire after the retention, quietly.
+            if age > self.cfg.retention {
+                let _ = self.store.delete(&report_key(slot, instance)).await;
+            }
+            return Turn::Skipped;
         }
         if age < self.cfg.collect_delay {
             return Turn::Skipped;

@@ -10,6 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Upper bounds, in seconds, of the delivery latency histogram.
 const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -25,14 +31,47 @@ pub struct Health {
     reports_failed: AtomicU64,
     reports_dropped: AtomicU64,
     reports_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Unix milliseconds of the last store call that got an answer; 0 before any.
+    last_answer_ms: AtomicU64,
+    /// How recent that answer must be for `/ready`, in milliseconds; 0 means 10 minutes.
+    ready_window_ms: AtomicU64,
+    /// Unix milliseconds of the last delivered report; 0 before any.
+    last_delivery_ms: AtomicU64,
+    read_only: AtomicBool,
     latency: Mutex<Histogram>,
 }
 
+/// A latency histogram over [`LATENCY_BUCKETS`].
 #[derive(Debug, Default)]
-struct Histogram {
+pub(crate) struct Histogram {
     counts: [u64; LATENCY_BUCKETS.len()],
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub(crate) fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// Appends the family `name` in Prometheus text.
+    pub(crate) fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
 }
 
 impl Health {
@@ -59,6 +98,10 @@ impl Health {
 
     /// Counts one store call.
     pub fn store_request(&self, op: &'static str, outcome: &'static str) {
+        // Any answer, even "not found" or "denied", shows the store is there.
+        if !matches!(outcome, "timeout" | "error") {
+            self.last_answer_ms.store(now_ms(), Ordering::Relaxed);
+        }
         if let Ok(mut map) = self.store_requests.lock() {
             *map.entry((op, outcome)).or_default() += 1;
         }
@@ -92,16 +135,10 @@ impl Health {
 
     /// Counts a delivered report and its latency.
     pub fn report_delivered(&self, latency: Duration) {
+        self.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
         self.reports_delivered.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut h) = self.latency.lock() {
-            let secs = latency.as_secs_f64();
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
+            h.observe(latency);
         }
     }
 
@@ -130,6 +167,33 @@ impl Health {
             .unwrap_or(0)
     }
 
+    /// How recently the store must have answered for [`Health::ready`].
+    pub fn set_ready_window(&self, window: Duration) {
+        self.ready_window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks a replica that may read the store but not write it.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.read_only.store(read_only, Ordering::Relaxed);
+    }
+
+    /// `Ok` once the seed is known and the store answered within the ready window; else why not.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.seed_known() {
+            return Err("the cluster seed is not known yet");
+        }
+        let window = match self.ready_window_ms.load(Ordering::Relaxed) {
+            0 => 10 * 60 * 1000,
+            w => w,
+        };
+        let last = self.last_answer_ms.load(Ordering::Relaxed);
+        if now_ms().saturating_sub(last) > window {
+            return Err("the store has not answered recently");
+        }
+        Ok(())
+    }
+
     /// Reports delivered so far.
     pub fn delivered(&self) -> u64 {
         self.reports_delivered.load(Ordering::Relaxed)
@@ -155,6 +219,29 @@ impl Health {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         };
+        let build = crate::build_info::BuildInfo::reporter();
+        let _ = writeln!(
+            out,
+            "# HELP usage_reporter_build_info The reporter's version and git revision; always 1.\n# TYPE usage_reporter_build_info gauge\nusage_reporter_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+            build.version, build.revision
+        );
+        gauge(
+            &mut out,
+            "usage_reporter_ready",
+            "1 while /ready answers 200: the seed is known and the store answered recently.",
+            u64::from(self.ready().is_ok()),
+        );
+        gauge(
+            &mut out,
+            "usage_reporter_read_only",
+            "1 if this replica may read the store but not write it (it sends its own reports, never leads).",
+            u64::from(self.read_only.load(Ordering::Relaxed)),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP usage_reporter_last_delivery_timestamp_seconds Unix time of the last report this replica delivered; 0 before any. Alert on time() minus this.\n# TYPE usage_reporter_last_delivery_timestamp_seconds gauge\nusage_reporter_last_delivery_timestamp_seconds {}",
+            self.last_delivery_ms.load(Ordering::Relaxed) as f64 / 1000.0
+        );
         gauge(
             &mut out,
             "usage_reporter_seed_known",
@@ -221,18 +308,12 @@ impl Health {
                 );
             }
         }
-        let name = "usage_reporter_delivery_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from a report's first delivery attempt to its success.\n# TYPE {name} histogram"
-        );
         if let Ok(h) = self.latency.lock() {
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum {}", h.sum);
-            let _ = writeln!(out, "{name}_count {}", h.count);
+            h.render(
+                &mut out,
+                "usage_reporter_delivery_latency_seconds",
+                "Time from a report's first delivery attempt to its success.",
+            );
         }
         out
     }

@@ -3,6 +3,8 @@
 //! - `GET /status/usage-stats`: this replica's live report as JSON. Reading it never resets a
 //!   counter. With reporting disabled: 200 and the text `usage-stats is not enabled`.
 //! - `GET /metrics`: the reporter's own health in Prometheus text format.
+//! - `GET /healthz`: 200 while the process serves. `GET /ready`: 200 once the seed is known and
+//!   the store answered recently, 503 with the reason otherwise.
 //!
 //! The endpoint is bounded, so idle or slow clients cannot take memory or file descriptors from
 //! the replica's real work (the store, the lease): at most [`MAX_CONNECTIONS`] at once (past
@@ -61,11 +63,34 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// 200 while the process serves.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 once the seed is known and the store answered recently (always, with reporting
+/// disabled: there is nothing to wait for); 503 with the reason otherwise.
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.source.is_none() {
+        return (StatusCode::OK, "ready (usage reporting disabled)\n").into_response();
+    }
+    match state.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
 /// The router, for tests and for services that mount it in their own server.
 pub fn router(source: Option<Arc<ReportSource>>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/status/usage-stats", get(usage_stats))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/ready", get(ready))
         .with_state(AppState { source, health })
 }
 

@@ -37,6 +37,14 @@ pub enum InspectError {
         /// What is wrong with it.
         why: String,
     },
+    /// The bucket or container does not exist.
+    #[error("the bucket or container of {store} does not exist ({message}); create it or fix the store URL")]
+    NoBucket {
+        /// The store.
+        store: String,
+        /// What it answered.
+        message: String,
+    },
     /// The store did not answer.
     #[error("cannot read the {what}: {source}")]
     Store {
@@ -56,7 +64,19 @@ fn passing(e: &StoreError) -> bool {
             | StoreError::NotFound { .. }
             | StoreError::TooLarge { .. }
             | StoreError::NotRegular { .. }
+            | StoreError::NoBucket { .. }
     )
+}
+
+/// A store failure as the inspection error that says most.
+fn failed(what: &'static str, store: &Store, source: StoreError) -> InspectError {
+    match source {
+        StoreError::NoBucket { message, .. } => InspectError::NoBucket {
+            store: store.describe(),
+            message,
+        },
+        source => InspectError::Store { what, source },
+    }
 }
 
 /// The seed, as `seed show` prints it.
@@ -93,10 +113,10 @@ impl SeedView {
 pub async fn seed(store: Store, name: &str) -> Result<SeedView, InspectError> {
     let what = "cluster seed";
     let location = format!("{}/{name}", store.describe());
-    let keeper = SeedKeeper::new(store, name, BuildInfo::reporter());
+    let keeper = SeedKeeper::new(store.clone(), name, BuildInfo::reporter());
     let outcome = a_few_times(3, passing, async || keeper.read().await)
         .await
-        .map_err(|source| InspectError::Store { what, source })?;
+        .map_err(|source| failed(what, &store, source))?;
     let seed = match outcome {
         ReadOutcome::Valid(seed) => seed,
         ReadOutcome::Absent => return Err(InspectError::Absent { what, location }),
@@ -196,7 +216,7 @@ pub async fn lease(store: Store) -> Result<LeaseView, InspectError> {
                 why: format!("larger than {limit} bytes"),
             })
         }
-        Err(source) => return Err(InspectError::Store { what, source }),
+        Err(source) => return Err(failed(what, &store, source)),
     };
     let record = LeaseRecord::parse(&obj.bytes).map_err(|e| InspectError::Corrupted {
         what,

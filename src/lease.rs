@@ -53,6 +53,13 @@ pub struct LeaseRecord {
     /// The cluster seed's bytes, as the holder knows them; empty if it knows none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub seed: String,
+    /// The holder's report interval in milliseconds, so a replica set differently notices.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LeaseRecord {
@@ -115,6 +122,10 @@ pub struct Elector {
     clock: Clock,
     leading: watch::Sender<Option<Leading>>,
     identity: Option<watch::Receiver<Seed>>,
+    interval: Option<Duration>,
+    key: &'static str,
+    /// The other interval last logged, so a mismatch is logged once.
+    mismatch: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl std::fmt::Debug for Elector {
@@ -141,6 +152,39 @@ impl Elector {
             clock: system_clock(),
             leading: watch::channel(None).0,
             identity: None,
+            interval: None,
+            key: LEASE_KEY,
+            mismatch: Arc::default(),
+        }
+    }
+
+    /// Uses another lease object (the receivers' rollup lease, say) than the replicas' one.
+    pub fn with_key(mut self, key: &'static str) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Writes this replica's report interval into the lease, and compares it with the holder's.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Logs, once per other value, a holder whose interval differs from ours.
+    fn compare_interval(&self, record: &LeaseRecord) {
+        let Some(mine) = self.interval else { return };
+        let theirs = record.interval_ms;
+        if theirs == 0 || theirs == mine.as_millis() as u64 || record.holder == self.me {
+            return;
+        }
+        let mut last = self.mismatch.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != Some(theirs) {
+            *last = Some(theirs);
+            tracing::warn!(
+                ours = %timefmt::format_duration(mine),
+                leader = %timefmt::format_duration(Duration::from_millis(theirs)),
+                "this replica's report interval differs from the lease holder's: its reports fall in slots the others do not have; give every replica the same interval"
+            );
         }
     }
 
@@ -220,6 +264,7 @@ impl Elector {
                 .as_ref()
                 .map(|s| String::from_utf8_lossy(s.borrow().raw()).into_owned())
                 .unwrap_or_default(),
+            interval_ms: self.interval.map_or(0, |d| d.as_millis() as u64),
         }
     }
 
@@ -274,7 +319,7 @@ impl Elector {
             let record = self.record(l.term, acquired.as_deref());
             match self
                 .store
-                .update(LEASE_KEY, record.bytes()?, &obs.version)
+                .update(self.key, record.bytes()?, &obs.version)
                 .await
             {
                 Ok(version) => {
@@ -301,11 +346,11 @@ impl Elector {
             }
         }
         let started = (self.clock)();
-        let (version, record) = match self.store.get(LEASE_KEY).await {
+        let (version, record) = match self.store.get(self.key).await {
             Ok(obj) => (obj.version, LeaseRecord::parse(&obj.bytes).ok()),
             Err(StoreError::NotFound { .. }) => {
                 let record = self.record(*max_term + 1, None);
-                return match self.store.create(LEASE_KEY, record.bytes()?).await {
+                return match self.store.create(self.key, record.bytes()?).await {
                     Ok(version) => {
                         *max_term = record.term;
                         self.take(observed, version, record, started);
@@ -320,6 +365,7 @@ impl Elector {
         };
         if let Some(r) = &record {
             *max_term = (*max_term).max(r.term);
+            self.compare_interval(r);
         }
         let changed = observed.as_ref().is_none_or(|o| o.version != version);
         if changed {
@@ -356,7 +402,7 @@ impl Elector {
         let record_new = self.record(*max_term + 1, None);
         match self
             .store
-            .update(LEASE_KEY, record_new.bytes()?, &version)
+            .update(self.key, record_new.bytes()?, &version)
             .await
         {
             Ok(version) => {
@@ -405,7 +451,7 @@ impl Elector {
         let mut record = self.record(l.term, acquired.as_deref());
         record.holder = String::new();
         let result = match record.bytes() {
-            Ok(bytes) => self.store.update(LEASE_KEY, bytes, &obs.version).await,
+            Ok(bytes) => self.store.update(self.key, bytes, &obs.version).await,
             Err(e) => Err(e),
         };
         match result {

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use usage_reporter::cli::{self, Cli, Command, RunArgs, ShowArgs, ShowCommand};
+use usage_reporter::cli::{
+    self, Cli, Command, LeaseCommand, LeaseShowArgs, LogFormat, RunArgs, SeedCommand, SeedShowArgs,
+    StoreArgs,
+};
 use usage_reporter::inspect;
 use usage_reporter::replica::{Options, ReplicaBuilder};
 use usage_reporter::store::{self, Store};
@@ -16,9 +19,22 @@ struct Failure(u8, String);
 fn parse() -> Result<Cli, ExitCode> {
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
-        Err(e) if !e.use_stderr() => {
+        Err(e)
+            if !e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
             let _ = e.print();
             Err(ExitCode::SUCCESS)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::MissingSubcommand
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            eprintln!("reporter: a subcommand is needed: run, seed show or lease show (see reporter --help)");
+            Err(ExitCode::from(2))
         }
         Err(e) => {
             let rendered = e.render().to_string();
@@ -38,21 +54,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    // `run` logs what it does; the show commands print their answer and stay quiet. The
-    // object store client's own retry chatter is left out either way.
-    let default_filter = match cli.command {
-        Command::Run(_) => "info,object_store=warn",
-        _ => "warn,object_store=error",
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logs(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -68,10 +70,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Seed {
-                command: ShowCommand::Show(args),
+                command: SeedCommand::Show(args),
             } => seed_show(args).await,
             Command::Lease {
-                command: ShowCommand::Show(args),
+                command: LeaseCommand::Show(args),
             } => lease_show(args).await,
         }
     });
@@ -126,8 +128,31 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_store(args: &ShowArgs) -> Result<Store, Failure> {
-    store::open(&args.store.store, &args.store.store_options).map_err(|e| {
+/// Logs on stderr, as text or JSON. `run` logs what it does at info; the show commands print
+/// their answer and log only warnings. RUST_LOG wins over --log-level; the object store
+/// client's own retry chatter is left out unless RUST_LOG asks for it.
+fn init_logs(cli: &Cli) {
+    let level = cli.log_level.clone().unwrap_or_else(|| match cli.command {
+        Command::Run(_) => "info".to_string(),
+        _ => "warn".to_string(),
+    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},object_store=warn"))
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn open_store(args: &StoreArgs) -> Result<Store, Failure> {
+    store::open(&args.store, &args.store_options).map_err(|e| {
         let flag = if e.about_an_option() {
             "--store-option"
         } else {
@@ -137,17 +162,17 @@ fn open_store(args: &ShowArgs) -> Result<Store, Failure> {
     })
 }
 
-async fn seed_show(args: ShowArgs) -> Result<(), Failure> {
-    let store = open_store(&args)?;
-    let view = inspect::seed(store, &args.store.seed_name)
+async fn seed_show(args: SeedShowArgs) -> Result<(), Failure> {
+    let store = open_store(&args.store)?;
+    let view = inspect::seed(store, &args.seed_name)
         .await
         .map_err(|e| Failure(1, e.to_string()))?;
     print(&view, args.json, |v| v.text());
     Ok(())
 }
 
-async fn lease_show(args: ShowArgs) -> Result<(), Failure> {
-    let store = open_store(&args)?;
+async fn lease_show(args: LeaseShowArgs) -> Result<(), Failure> {
+    let store = open_store(&args.store)?;
     let view = inspect::lease(store)
         .await
         .map_err(|e| Failure(1, e.to_string()))?;

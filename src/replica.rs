@@ -448,6 +448,8 @@ impl ReplicaBuilder {
         }
         .with_timeout(deadline)
         .with_health(health.clone());
+        // Every replica reads or writes the lease at least every 4/5 of its TTL.
+        health.set_ready_window(o.lease_ttl * 2);
         let delivery = Delivery::new(store.clone(), o.delivery(), health.clone())
             .map_err(|e| StartError::Client(store::error_chain(&e)))?;
 

@@ -27,7 +27,7 @@ use crate::report::ReportSource;
 use crate::retry::{backoff, sleep_or_stop, StateLog};
 use crate::seed::{AgreeError, CheckOutcome, ReadOutcome, Seed, SeedKeeper};
 use crate::slots;
-use crate::store::selftest::{self, SelfTestError};
+use crate::store::selftest::{self, Access, SelfTestError};
 use crate::store::Store;
 
 /// The timings the tasks run on.
@@ -100,13 +100,20 @@ pub(crate) async fn run(
         }
         _ => None,
     };
-    match selftest::check(&store, &shutdown).await {
-        Ok(()) => {}
+    let access = match selftest::check(&store, &shutdown).await {
+        Ok(access) => access,
         Err(SelfTestError::Shutdown) => return,
         Err(e) => {
             let _ = fatal.send(Some(Fatal::Store(Arc::new(e))));
             return;
         }
+    };
+    if access == Access::ReadOnly {
+        health.set_read_only(true);
+        // It reads only the seed, once per seed check.
+        health.set_ready_window(plan.seed_check * 2 + Duration::from_secs(60));
+        read_only(plan, existing, keeper, source, delivery, health, shutdown).await;
+        return;
     }
     let seed = match existing {
         Some(seed) => seed,
@@ -130,7 +137,8 @@ pub(crate) async fn run(
         source.instance_id().to_string(),
         health.clone(),
     )
-    .with_identity(identity_rx.clone());
+    .with_identity(identity_rx.clone())
+    .with_interval(plan.interval);
     let election = {
         let (elector, shutdown) = (elector.clone(), shutdown.clone());
         async move { elector.run(shutdown).await }
@@ -146,6 +154,7 @@ pub(crate) async fn run(
         identity_rx.clone(),
         source.clone(),
         delivery.clone(),
+        Sink::Bucket,
         shutdown.clone(),
     );
     let deliveries = deliver(
@@ -220,11 +229,95 @@ async fn guard_seed(
 /// suspended host neither skips nor doubles a slot.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
 
-/// Freezes this replica's report at every slot and keeps it in the bucket.
+/// Where frozen reports go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// Kept in the bucket, for the leader to deliver.
+    Bucket,
+    /// Sent to the stats URL by this replica itself (it cannot write the bucket).
+    Direct,
+}
+
+/// A replica that can read the bucket but not write it: it adopts the seed (waiting for a
+/// writer to create one), follows the cluster to an older ID, serves its report, never takes
+/// part in the election, and sends its own report of each slot to the stats URL, at most once.
+async fn read_only(
+    plan: Plan,
+    existing: Option<Seed>,
+    keeper: SeedKeeper,
+    source: Arc<ReportSource>,
+    delivery: Delivery,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
+    tracing::warn!(
+        "this replica may read the store but not write it: it adopts the cluster seed, sends its own reports to the stats URL and never leads"
+    );
+    if delivery.config().stats_url.is_none() {
+        tracing::warn!("read-only and no stats URL: this replica's reports go nowhere");
+    }
+    let mut log = StateLog::default();
+    let mut delays = backoff(Duration::from_secs(1), Duration::from_secs(60));
+    let seed = match existing {
+        Some(seed) => seed,
+        None => loop {
+            match keeper.read().await {
+                Ok(ReadOutcome::Valid(seed)) => {
+                    tracing::info!(cluster_id = seed.uid(), "adopted the cluster seed");
+                    break seed;
+                }
+                Ok(_) => {
+                    if log.failing("absent") {
+                        tracing::warn!("no valid cluster seed yet; waiting for a replica with write access to create it");
+                    }
+                }
+                Err(e) => {
+                    if log.failing(e.kind()) {
+                        tracing::warn!(error = %e, "cannot read the cluster seed; retrying");
+                    }
+                }
+            }
+            if sleep_or_stop(delays.next().unwrap_or(Duration::from_secs(60)), &shutdown).await {
+                return;
+            }
+        },
+    };
+    source.set_seed(seed.clone());
+    health.set_seed_known(true);
+    let (identity, identity_rx) = watch::channel(seed);
+    let follow = async {
+        // Only reads: a newer identity is never written, an older one is adopted.
+        while !sleep_or_stop(plan.seed_check, &shutdown).await {
+            if let Ok(ReadOutcome::Valid(bucket)) = keeper.read().await {
+                let known = identity.borrow().clone();
+                if bucket.uid() != known.uid() && bucket.precedes(&known) {
+                    tracing::warn!(
+                        from = known.uid(),
+                        to = bucket.uid(),
+                        "this replica's cluster ID changes to the older one in the bucket"
+                    );
+                    source.set_seed(bucket.clone());
+                    identity.send_replace(bucket);
+                }
+            }
+        }
+    };
+    let slots = freeze_slots(
+        identity_rx,
+        source.clone(),
+        delivery,
+        Sink::Direct,
+        shutdown.clone(),
+    );
+    tokio::join!(follow, slots);
+}
+
+/// Freezes this replica's report at every slot and keeps it in the bucket, or sends it.
 async fn freeze_slots(
     identity: watch::Receiver<Seed>,
     source: Arc<ReportSource>,
     delivery: Delivery,
+    sink: Sink,
     shutdown: CancellationToken,
 ) {
     let interval = source.interval();
@@ -241,9 +334,20 @@ async fn freeze_slots(
         let created = seed.created_at();
         if let Some(due) = slots::slot_to_freeze(&created, now, interval, done) {
             let report = source.freeze(due);
-            delivery
-                .keep(due, &source.instance_id().to_string(), report, &shutdown)
-                .await;
+            let instance = source.instance_id().to_string();
+            match sink {
+                Sink::Bucket => delivery.keep(due, &instance, report, &shutdown).await,
+                // Sending may retry for most of the slot: the next slot must not wait for it.
+                Sink::Direct => {
+                    let (delivery, seed, shutdown) =
+                        (delivery.clone(), seed.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        delivery
+                            .send_own(due, &instance, report, &seed, &shutdown)
+                            .await
+                    });
+                }
+            }
             done = Some(due);
             continue;
         }

@@ -266,7 +266,6 @@ fn run_against_an_unreachable_store_retries_quietly_and_claims_no_corruption() {
 #[test]
 fn read_only_directory_is_not_corruption() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let bucket = Bucket::local();
     let dir = Path::new(&bucket.url);
     std::fs::create_dir_all(dir).unwrap();
@@ -276,46 +275,23 @@ fn read_only_directory_is_not_corruption() {
     )
     .unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
-    // As root, run a copy of the binary as `nobody`, from a place `nobody` can reach whatever
-    // folder this checkout lives in.
-    let exe_dir = tempfile::tempdir().unwrap();
-    let mut exe = std::path::PathBuf::from(common::bin());
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        std::fs::set_permissions(exe_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = exe_dir.path().join("reporter");
-        std::fs::copy(&exe, &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        exe = copy;
-    }
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.args(["run", "--listen", "127.0.0.1:0", "--store", &bucket.url])
-        .current_dir(exe_dir.path())
-        .stderr(std::process::Stdio::piped());
-    if root {
-        cmd.uid(65534).gid(65534);
-    }
-    // A copy just written can be briefly "busy" while another test thread forks (the child holds
-    // our write descriptor until it execs): try again.
-    let mut attempts = 0;
-    let child = loop {
-        match cmd.spawn() {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => break other.unwrap(),
-        }
-    };
-    std::thread::sleep(Duration::from_secs(3));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{log}");
+    let (mut p, _exe) =
+        common::Proc::spawn_as_nobody(&["run", "--listen", "127.0.0.1:0", "--store", &bucket.url]);
     assert!(
-        log.contains("permission denied") || log.contains("Permission denied"),
-        "{log}"
+        p.wait_log(
+            "waiting for a replica with write access",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        p.log()
     );
+    p.signal(libc::SIGTERM);
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let log = p.log();
+    assert!(log.contains("may read the store but not write it"), "{log}");
     assert!(!log.contains("corrupted"), "{log}");
     assert!(!dir.join(DEFAULT_SEED_NAME).exists());
 }

@@ -16,7 +16,7 @@ use object_store::{
     GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
-use super::{error_chain, redact, Backend, Object, StoreError, Version};
+use super::{error_chain, redact, Backend, Entry, Object, StoreError, Version};
 
 /// An object_store client, under a prefix.
 #[derive(Debug, Clone)]
@@ -63,6 +63,15 @@ impl CloudStore {
 fn map_err(key: &str, e: object_store::Error) -> StoreError {
     let key = key.to_string();
     match e {
+        // A missing bucket answers 404 too; its body says which 404 it is.
+        object_store::Error::NotFound { ref source, .. }
+            if no_bucket(&error_chain(source.as_ref())) =>
+        {
+            StoreError::NoBucket {
+                key,
+                message: concise(&redact(&error_chain(&e))),
+            }
+        }
         object_store::Error::NotFound { .. } => StoreError::NotFound { key },
         object_store::Error::AlreadyExists { .. } => StoreError::AlreadyExists { key },
         object_store::Error::Precondition { .. } => StoreError::Precondition { key },
@@ -84,6 +93,33 @@ fn map_err(key: &str, e: object_store::Error) -> StoreError {
             message: redact(&error_chain(&other)),
         },
     }
+}
+
+/// The store's own words from an XML error body (`<Code>`: `<Message>`), else the first 200
+/// characters.
+fn concise(text: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find("</")? + start;
+        Some(text[start..end].to_string())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => text.chars().take(200).collect(),
+    }
+}
+
+/// Whether a 404's text says the bucket or container, not the object, is missing.
+fn no_bucket(text: &str) -> bool {
+    [
+        "NoSuchBucket",
+        "ContainerNotFound",
+        "bucket does not exist",
+        "container does not exist",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 fn version_of(e_tag: Option<String>, version: Option<String>) -> Version {
@@ -166,18 +202,36 @@ impl Backend for CloudStore {
         Ok(version_of(result.e_tag, result.version))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let dir = self.path_of(prefix);
+        // The client pages through the listing (1,000 keys a page on S3) as the stream is read.
         let mut stream = self.inner.list(Some(&dir));
-        let mut keys = Vec::new();
+        let mut entries = Vec::new();
         while let Some(meta) = stream.next().await {
             let meta = meta.map_err(|e| map_err(prefix, e))?;
-            if let Some(rel) = self.relative(&meta.location) {
-                keys.push(rel);
+            if let Some(key) = self.relative(&meta.location) {
+                entries.push(Entry {
+                    key,
+                    modified: meta.last_modified,
+                    size: meta.size,
+                });
             }
         }
-        keys.sort();
-        Ok(keys)
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+        let result = self
+            .inner
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Overwrite),
+            )
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(version_of(result.e_tag, result.version))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, Object, StoreError, Version};
+use super::{Backend, Entry, Object, StoreError, Version};
 
 const LOCK_FILE: &str = ".usage-reporter.lock";
 
@@ -234,7 +234,14 @@ fn write_temp(key: &str, target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreEr
         key: key.to_string(),
         message: "no parent directory".to_string(),
     })?;
-    fs::create_dir_all(dir).map_err(|e| map_io(key, e))?;
+    fs::create_dir_all(dir).map_err(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => map_io(key, e),
+        // Neither a directory nor one that can be made here: the store path itself is wrong.
+        _ => StoreError::NoBucket {
+            key: key.to_string(),
+            message: format!("cannot create {}: {e}", dir.display()),
+        },
+    })?;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -336,7 +343,23 @@ impl Backend for LocalDir {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        let k = key.to_string();
+        blocking(key, move || {
+            no_links_below(&root, &k, &path)?;
+            let temp = write_temp(&k, &path, &bytes)?;
+            if let Err(e) = fs::rename(&temp, &path) {
+                let _ = fs::remove_file(&temp);
+                return Err(map_io(&k, e));
+            }
+            Ok(tagged(&bytes))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let dir = match prefix.trim_end_matches('/') {
             "" => self.root.clone(),
             p => self.path_of(p)?,
@@ -374,11 +397,26 @@ impl Backend for LocalDir {
                             .components()
                             .map(|c| c.as_os_str().to_string_lossy().into_owned())
                             .collect();
-                        keys.push(parts.join("/"));
+                        // A link's own time and size: nothing is followed.
+                        let (modified, size) = match fs::symlink_metadata(&path) {
+                            Ok(m) => (
+                                m.modified()
+                                    .map(chrono::DateTime::<chrono::Utc>::from)
+                                    .unwrap_or_default(),
+                                m.len(),
+                            ),
+                            // Deleted since the directory was read.
+                            Err(_) => continue,
+                        };
+                        keys.push(Entry {
+                            key: parts.join("/"),
+                            modified,
+                            size,
+                        });
                     }
                 }
             }
-            keys.sort();
+            keys.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(keys)
         })
         .await
@@ -443,10 +481,14 @@ mod tests {
             .create("usage/reports/2/a.json", Bytes::from("z"))
             .await
             .unwrap();
-        assert_eq!(
-            store.list("usage/reports/").await.unwrap(),
-            ["usage/reports/2/a.json"]
-        );
+        let listed: Vec<_> = store
+            .list("usage/reports/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["usage/reports/2/a.json"]);
         // Deleting what is not there is no error, as on every object store.
         store.delete("usage/reports/9/none.json").await.unwrap();
     }
@@ -521,6 +563,13 @@ mod tests {
             Err(StoreError::TooLarge { .. })
         ));
         // No temporary or lock file is listed.
-        assert_eq!(store.list("").await.unwrap(), ["k"]);
+        let listed: Vec<_> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["k"]);
     }
 }

@@ -40,6 +40,17 @@ pub struct Version {
     pub version: Option<String>,
 }
 
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key, relative to the store prefix.
+    pub key: String,
+    /// When it was last written, by the store's clock.
+    pub modified: chrono::DateTime<chrono::Utc>,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// An object's bytes and the version they were read at.
 #[derive(Clone, Debug)]
 pub struct Object {
@@ -90,6 +101,14 @@ pub enum StoreError {
         /// What is there instead.
         what: &'static str,
     },
+    /// The bucket or container itself does not exist: no retry can fix that.
+    #[error("{key}: the bucket or container does not exist ({message})")]
+    NoBucket {
+        /// The key asked for.
+        key: String,
+        /// What the store said.
+        message: String,
+    },
     /// The credentials may not do this.
     #[error("{key}: permission denied: {message}")]
     PermissionDenied {
@@ -135,6 +154,7 @@ impl StoreError {
             StoreError::Precondition { .. } => "precondition",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::NotRegular { .. } => "not_regular",
+            StoreError::NoBucket { .. } => "no_bucket",
             StoreError::PermissionDenied { .. } => "permission_denied",
             StoreError::NotSupported { .. } => "not_supported",
             StoreError::Timeout { .. } => "timeout",
@@ -167,8 +187,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
         bytes: Bytes,
         expected: &Version,
     ) -> Result<Version, StoreError>;
-    /// Keys under `prefix` (a directory-like key), relative to the store prefix.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Objects under `prefix` (a directory-like key), keys relative to the store prefix.
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Writes `bytes` whatever is there: for content that is the same on every retry.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError>;
     /// Removes an object. Succeeds whether or not it was there, as S3, GCS and Azure deletes
     /// do, so a clean-up interrupted and repeated is no error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
@@ -293,7 +315,23 @@ impl Store {
 
     /// Every key under `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .entries(prefix)
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .collect())
+    }
+
+    /// Every object under `prefix` with its time and size, sorted by key.
+    pub async fn entries(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         self.call("list", prefix, self.backend.list(prefix)).await
+    }
+
+    /// Writes `bytes` unconditionally (content that is the same on every retry).
+    pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Version, StoreError> {
+        self.call("put", key, self.backend.put(key, bytes.into()))
+            .await
     }
 
     /// Deletes an object; no error if it is not there.

@@ -8,13 +8,24 @@
 //! before. An unknown `--store-option` key is an error; values are never echoed, since they are
 //! often secrets.
 
+// With every cloud client left out, the cloud half of `open` is dead code by design.
+#![cfg_attr(
+    not(any(feature = "s3", feature = "gcs", feature = "azure")),
+    allow(unused, unreachable_code)
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "s3")]
 use object_store::aws::AmazonS3Builder;
+#[cfg(feature = "azure")]
 use object_store::azure::MicrosoftAzureBuilder;
+#[cfg(feature = "gcs")]
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::{BackoffConfig, ObjectStoreScheme, RetryConfig};
+use object_store::ObjectStoreScheme;
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+use object_store::{BackoffConfig, RetryConfig};
 use url::Url;
 
 use super::cloud::CloudStore;
@@ -63,6 +74,25 @@ pub enum OpenError {
         /// What the client said.
         reason: String,
     },
+    /// A cloud URL without its bucket or container.
+    #[error("{scheme}:// needs a bucket or container: {scheme}://BUCKET/prefix")]
+    NoBucketInUrl {
+        /// The scheme given.
+        scheme: String,
+    },
+    /// A local store path that exists and is not a directory.
+    #[error("{0} exists and is not a directory")]
+    NotADirectory(String),
+    /// A store whose client this build leaves out.
+    #[error(
+        "{scheme}:// stores are not in this build; rebuild with the Cargo feature {feature:?}"
+    )]
+    NotBuilt {
+        /// The scheme given.
+        scheme: String,
+        /// The feature that brings its client.
+        feature: &'static str,
+    },
     /// The working directory could not be read.
     #[error("cannot resolve the store path: {0}")]
     Path(String),
@@ -88,6 +118,7 @@ pub fn parse_option(s: &str) -> Result<(String, String), OpenError> {
     }
 }
 
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 fn client_retry() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig::default(),
@@ -96,6 +127,7 @@ fn client_retry() -> RetryConfig {
     }
 }
 
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 fn env_options(prefix: &str) -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with(prefix))
@@ -105,6 +137,7 @@ fn env_options(prefix: &str) -> Vec<(String, String)> {
 
 /// Applies defaults, then environment (unknown keys skipped), then explicit options (unknown
 /// keys refused) to an object_store builder.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 macro_rules! configure {
     ($builder:expr, $key:ty, $scheme:expr, $env:expr, $url:expr, $options:expr) => {{
         let mut builder = $builder.with_url($url).with_retry(client_retry());
@@ -118,6 +151,13 @@ macro_rules! configure {
                 builder = builder.with_config(key, v);
             }
         }
+        let mut plain_http = false;
+        let mut allow_http_given = false;
+        for (k, v) in env_options($env).iter().chain($options.iter()) {
+            plain_http |=
+                (k.contains("endpoint") || k.ends_with("_url")) && v.starts_with("http://");
+            allow_http_given |= k.ends_with("allow_http");
+        }
         for (k, v) in $options {
             let key = k.parse::<$key>().map_err(|_| OpenError::UnknownOption {
                 key: k.clone(),
@@ -125,11 +165,25 @@ macro_rules! configure {
             })?;
             builder = builder.with_config(key, v.clone());
         }
+        // An endpoint given as http:// means plain HTTP; a second option to say so is noise.
+        if plain_http && !allow_http_given {
+            if let Ok(key) = "allow_http".parse::<$key>() {
+                builder = builder.with_config(key, "true");
+            }
+        }
         builder.build().map_err(|e| OpenError::Build {
             scheme: $scheme,
             reason: super::redact(&e.to_string()),
         })?
     }};
+}
+
+#[allow(dead_code)]
+fn not_built(url: &Url, feature: &'static str) -> OpenError {
+    OpenError::NotBuilt {
+        scheme: url.scheme().to_string(),
+        feature,
+    }
 }
 
 /// Opens the store `spec` points at. Nothing is read or written here.
@@ -144,9 +198,15 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
         }
         Ok(store)
     };
+    let local = |path: std::path::PathBuf| {
+        let dir = LocalDir::new(path).map_err(|e| OpenError::Path(e.to_string()))?;
+        if dir.root().exists() && !dir.root().is_dir() {
+            return Err(OpenError::NotADirectory(dir.root().display().to_string()));
+        }
+        local_only(Store::new(Arc::new(dir)))
+    };
     if !spec.contains("://") {
-        let dir = LocalDir::new(spec).map_err(|e| OpenError::Path(e.to_string()))?;
-        return local_only(Store::new(Arc::new(dir)));
+        return local(spec.into());
     }
     let url = Url::parse(spec).map_err(|e| OpenError::BadUrl {
         url: super::redact(spec),
@@ -159,10 +219,16 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
                 reason: "a file URL needs an absolute path, like file:///var/lib/reporter"
                     .to_string(),
             })?;
-            let dir = LocalDir::new(path).map_err(|e| OpenError::Path(e.to_string()))?;
-            return local_only(Store::new(Arc::new(dir)));
+            return local(path);
         }
         "memory" => return local_only(Store::memory()),
+        "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss"
+            if url.host_str().unwrap_or_default().is_empty() =>
+        {
+            return Err(OpenError::NoBucketInUrl {
+                scheme: url.scheme().to_string(),
+            })
+        }
         _ => {}
     }
     let (scheme, prefix) =
@@ -176,6 +242,7 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
         prefix
     );
     let inner: Arc<dyn object_store::ObjectStore> = match scheme {
+        #[cfg(feature = "s3")]
         ObjectStoreScheme::AmazonS3 => Arc::new(configure!(
             AmazonS3Builder::new(),
             object_store::aws::AmazonS3ConfigKey,
@@ -184,6 +251,7 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
             url.as_str(),
             options
         )),
+        #[cfg(feature = "gcs")]
         ObjectStoreScheme::GoogleCloudStorage => Arc::new(configure!(
             GoogleCloudStorageBuilder::new(),
             object_store::gcp::GoogleConfigKey,
@@ -192,6 +260,7 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
             url.as_str(),
             options
         )),
+        #[cfg(feature = "azure")]
         ObjectStoreScheme::MicrosoftAzure => Arc::new(configure!(
             MicrosoftAzureBuilder::new(),
             object_store::azure::AzureConfigKey,
@@ -200,6 +269,12 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
             url.as_str(),
             options
         )),
+        #[cfg(not(feature = "s3"))]
+        ObjectStoreScheme::AmazonS3 => return Err(not_built(&url, "s3")),
+        #[cfg(not(feature = "gcs"))]
+        ObjectStoreScheme::GoogleCloudStorage => return Err(not_built(&url, "gcs")),
+        #[cfg(not(feature = "azure"))]
+        ObjectStoreScheme::MicrosoftAzure => return Err(not_built(&url, "azure")),
         _ => {
             return Err(OpenError::UnsupportedScheme {
                 scheme: url.scheme().to_string(),
@@ -250,7 +325,14 @@ mod tests {
     fn rejects_bad_input_with_one_line() {
         assert!(err("", &[]).contains("empty"));
         assert!(err("ftp://x/y", &[]).contains("not supported"));
-        assert!(err("s3://", &[]).contains("s3"));
+        assert!(
+            err("s3://", &[]).contains("needs a bucket"),
+            "{}",
+            err("s3://", &[])
+        );
+        assert!(err("gs://", &[]).contains("needs a bucket"));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(err(file.path().to_str().unwrap(), &[]).contains("is not a directory"));
         assert!(err("file://relative/path", &[]).contains("absolute"));
         let e = err("s3://b/p", &[("no_such_key", "SECRET")]);
         assert!(e.contains("no_such_key") && !e.contains("SECRET"), "{e}");

@@ -41,13 +41,39 @@ pub enum SelfTestError {
         /// What it answered.
         source: StoreError,
     },
+    /// The bucket or container does not exist (or a local store path cannot be one).
+    #[error("the bucket or container of {store} does not exist ({message}); create it or fix the store URL")]
+    NoBucket {
+        /// The store.
+        store: String,
+        /// What it answered.
+        message: String,
+    },
+    /// Neither reading nor writing is allowed.
+    #[error("the store at {store} denies both reading and writing ({source}); check the credentials and their permissions on the bucket")]
+    Denied {
+        /// The store.
+        store: String,
+        /// What it answered.
+        source: StoreError,
+    },
     /// Shutdown came first.
     #[error("shut down during the store self-test")]
     Shutdown,
 }
 
+/// What the replica may do with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write, with conditional writes honoured.
+    ReadWrite,
+    /// Read only: the replica adopts the seed and sends its own reports, and never leads.
+    ReadOnly,
+}
+
 enum Probe {
     Pass,
+    ReadOnly,
     Unsafe(SelfTestError),
     Retry(StoreError),
 }
@@ -58,11 +84,26 @@ async fn probe(store: &Store, key: &str) -> Probe {
             store: store.describe(),
             source: e,
         }),
+        StoreError::NoBucket { message, .. } => Probe::Unsafe(SelfTestError::NoBucket {
+            store: store.describe(),
+            message,
+        }),
         other => Probe::Retry(other),
     };
     match store.create(key, "a").await {
         Ok(_) => {}
         Err(StoreError::AlreadyExists { .. }) => {}
+        // Writing is denied: can it read?
+        Err(denied @ StoreError::PermissionDenied { .. }) => {
+            return match store.get(key).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => Probe::ReadOnly,
+                Err(StoreError::PermissionDenied { .. }) => Probe::Unsafe(SelfTestError::Denied {
+                    store: store.describe(),
+                    source: denied,
+                }),
+                Err(e) => unsupported(e),
+            };
+        }
         Err(e) => return unsupported(e),
     }
     match store.create(key, "b").await {
@@ -97,10 +138,15 @@ async fn probe(store: &Store, key: &str) -> Probe {
     Probe::Pass
 }
 
-/// Runs the self-test, retrying store failures with backoff until it passes, finds the store
-/// unsafe, or `shutdown` fires.
-pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<(), SelfTestError> {
-    let key = format!("usage/selftest/{}.json", uuid::Uuid::new_v4().simple());
+/// Runs the self-test, retrying passing store failures with backoff (logging what the store
+/// said, once per kind of failure) until it passes, finds the store read-only, finds it
+/// unusable (unsafe, missing, or denying everything), or `shutdown` fires.
+pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<Access, SelfTestError> {
+    let key = format!(
+        "{}{}.json",
+        crate::layout::SELFTEST,
+        uuid::Uuid::new_v4().simple()
+    );
     let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(60));
     let mut log = StateLog::default();
     loop {
@@ -111,12 +157,13 @@ pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<(), Se
                 if log.recovered() {
                     tracing::info!("store reachable again");
                 }
-                return Ok(());
+                return Ok(Access::ReadWrite);
             }
+            Probe::ReadOnly => return Ok(Access::ReadOnly),
             Probe::Unsafe(e) => return Err(e),
             Probe::Retry(e) => {
                 if log.failing(e.kind()) {
-                    tracing::warn!(error = %e, "store self-test: the store did not answer; retrying with backoff");
+                    tracing::warn!(error = %e, "store self-test failed ({}); retrying with backoff", e.kind());
                 }
             }
         }
@@ -165,8 +212,11 @@ mod tests {
             let current = self.inner.get(key, 1 << 20).await?.version;
             self.inner.update(key, bytes, &current).await
         }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::store::Entry>, StoreError> {
             self.inner.list(prefix).await
+        }
+        async fn put(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
+            self.inner.put(key, bytes).await
         }
         async fn delete(&self, key: &str) -> Result<(), StoreError> {
             self.inner.delete(key).await

@@ -191,6 +191,31 @@ impl Proc {
         Self::spawn_cmd(cmd, &args)
     }
 
+    /// `reporter ARGS` as the user `nobody` when we are root (root ignores permission bits),
+    /// from a copy of the binary that `nobody` can reach wherever this checkout lives. The
+    /// returned directory holds the copy; keep it while the process runs.
+    pub fn spawn_as_nobody<S: AsRef<str>>(args: &[S]) -> (Proc, tempfile::TempDir) {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let exe_dir = tempfile::tempdir().unwrap();
+        let mut exe = std::path::PathBuf::from(bin());
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            std::fs::set_permissions(exe_dir.path(), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            let copy = exe_dir.path().join("reporter");
+            std::fs::copy(&exe, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            exe = copy;
+        }
+        let mut cmd = Command::new(&exe);
+        cmd.current_dir(exe_dir.path());
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+        (Self::spawn_cmd(cmd, args), exe_dir)
+    }
+
     fn spawn_cmd<S: AsRef<str>>(mut cmd: Command, args: &[S]) -> Proc {
         cmd.args(args.iter().map(|a| a.as_ref()))
             .env("RUST_LOG", "info")
@@ -198,7 +223,18 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn reporter");
+        // A copy of the binary just written can be briefly "busy" while another test thread
+        // forks (the child holds our write descriptor until it execs): try again.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("spawn reporter"),
+            }
+        };
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let l = log.clone();
