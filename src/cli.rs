@@ -78,6 +78,81 @@ pub enum Command {
         #[command(subcommand)]
         command: LeaseCommand,
     },
+    /// Receive reports: store each once, roll them up into Parquet, serve the query API and
+    /// the dashboard.
+    Receive(Box<ReceiveArgs>),
+    /// Roll up what receivers stored, once, and exit.
+    Rollup(RollupArgs),
+}
+
+/// Where the receiver's bucket is.
+#[derive(Debug, Clone, Args)]
+pub struct ReceiverStoreArgs {
+    /// The receiver's bucket: the same URLs as `run --store`.
+    #[arg(long, env = "REPORTER_STORE", default_value = crate::receiver::defaults::STORE)]
+    pub store: String,
+    /// A store client option (repeatable), as for `run`.
+    #[arg(
+        long = "store-option",
+        env = "REPORTER_STORE_OPTION",
+        value_name = "KEY=VALUE",
+        value_parser = parse_store_option
+    )]
+    pub store_options: Vec<(String, String)>,
+}
+
+/// The arguments of `receive`.
+#[derive(Debug, Clone, Args)]
+pub struct ReceiveArgs {
+    /// Where the bucket is.
+    #[command(flatten)]
+    pub store: ReceiverStoreArgs,
+    /// Address to serve on.
+    #[arg(long, env = "REPORTER_LISTEN", default_value_t = crate::receiver::defaults::LISTEN)]
+    pub listen: SocketAddr,
+    /// Require `Authorization: Bearer TOKEN` to read the dashboard and the query API (POSTing
+    /// reports never needs it).
+    #[arg(long, env = "REPORTER_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+    /// How often the elected receiver rolls up.
+    #[arg(long, env = "REPORTER_ROLLUP_EVERY", default_value_t = Dur(crate::receiver::defaults::ROLLUP_EVERY))]
+    pub rollup_every: Dur,
+    /// Reports per second one client may send, sustained.
+    #[arg(long, env = "REPORTER_RATE_LIMIT", default_value_t = crate::receiver::defaults::RATE_LIMIT)]
+    pub rate_limit: f64,
+    /// Reports one client may send at once before the rate applies (a leader delivering a slot
+    /// of many replicas sends them together).
+    #[arg(long, env = "REPORTER_RATE_BURST", default_value_t = crate::receiver::defaults::BURST)]
+    pub rate_burst: f64,
+    /// How long an arrival is left to settle before it is rolled up.
+    #[arg(long, env = "REPORTER_SETTLE", default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
+    pub settle: Dur,
+}
+
+/// The arguments of `rollup`.
+#[derive(Debug, Clone, Args)]
+pub struct RollupArgs {
+    /// Where the bucket is.
+    #[command(flatten)]
+    pub store: ReceiverStoreArgs,
+    /// How long an arrival is left to settle before it is rolled up.
+    #[arg(long, env = "REPORTER_SETTLE", default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
+    pub settle: Dur,
+}
+
+impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
+    fn from(a: ReceiveArgs) -> Self {
+        crate::receiver::ReceiverOptions {
+            store: a.store.store,
+            store_options: a.store.store_options,
+            listen: a.listen,
+            read_token: a.read_token.filter(|t| !t.is_empty()),
+            rollup_every: a.rollup_every.0,
+            settle: a.settle.0,
+            rate_limit: a.rate_limit,
+            rate_burst: a.rate_burst,
+        }
+    }
 }
 
 /// What to do with the seed.

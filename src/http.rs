@@ -23,11 +23,11 @@ use axum::routing::get;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::health::Health;
 use crate::report::ReportSource;
@@ -125,10 +125,10 @@ async fn accept(listener: TcpListener, router: Router, shutdown: CancellationTok
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait rather than spin.
                     if !failing {
@@ -141,7 +141,16 @@ async fn accept(listener: TcpListener, router: Router, shutdown: CancellationTok
             },
         };
         failing = false;
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers may ask for the peer (the receiver's rate limit does, and keeps it in memory
+        // only): `ConnectInfo<SocketAddr>`, as axum's own server gives it.
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let router = router.clone();
+                async move { router.oneshot(req).await }
+            });
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;

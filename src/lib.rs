@@ -34,6 +34,7 @@ pub mod inspect;
 pub mod layout;
 pub mod lease;
 pub mod process;
+pub mod receiver;
 pub mod replica;
 pub mod report;
 mod retry;

@@ -8,7 +8,9 @@ use usage_reporter::cli::{
     self, Cli, Command, LeaseCommand, LeaseShowArgs, LogFormat, RunArgs, SeedCommand, SeedShowArgs,
     StoreArgs,
 };
+use usage_reporter::cli::{ReceiveArgs, RollupArgs};
 use usage_reporter::inspect;
+use usage_reporter::receiver::{rollup, ReceiveError, Receiver};
 use usage_reporter::replica::{Options, ReplicaBuilder};
 use usage_reporter::store::{self, Store};
 
@@ -33,7 +35,7 @@ fn parse() -> Result<Cli, ExitCode> {
                     | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
-            eprintln!("reporter: a subcommand is needed: run, seed show or lease show (see reporter --help)");
+            eprintln!("reporter: a subcommand is needed: run, seed show, lease show, receive or rollup (see reporter --help)");
             Err(ExitCode::from(2))
         }
         Err(e) => {
@@ -75,6 +77,8 @@ fn main() -> ExitCode {
             Command::Lease {
                 command: LeaseCommand::Show(args),
             } => lease_show(args).await,
+            Command::Receive(args) => receive(*args).await,
+            Command::Rollup(args) => rollup(args).await,
         }
     });
     // Do not wait for blocked store calls of a store that does not answer.
@@ -106,6 +110,36 @@ async fn run(args: Box<RunArgs>) -> Result<(), Failure> {
     outcome
 }
 
+async fn receive(args: ReceiveArgs) -> Result<(), Failure> {
+    let receiver = Receiver::start(args.into()).await.map_err(|e| match e {
+        ReceiveError::Store(e) => Failure(2, format!("--store: {e}")),
+        ReceiveError::Invalid(m) => Failure(2, m.to_string()),
+        other => Failure(1, other.to_string()),
+    })?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    receiver.shutdown().await;
+    Ok(())
+}
+
+async fn rollup(args: RollupArgs) -> Result<(), Failure> {
+    let store = store::open(&args.store.store, &args.store.store_options)
+        .map_err(|e| Failure(2, format!("--store: {e}")))?;
+    let out = rollup::run_once(&store, chrono::Utc::now(), args.settle.0)
+        .await
+        .map_err(|e| {
+            Failure(
+                1,
+                format!("rollup failed: {e}; run it again to redo its window"),
+            )
+        })?;
+    println!(
+        "rolled up {} reports into {} Parquet files (window {}, {} skipped)",
+        out.rows, out.files, out.window, out.skipped
+    );
+    Ok(())
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -133,7 +167,7 @@ async fn shutdown_signal() {
 /// client's own retry chatter is left out unless RUST_LOG asks for it.
 fn init_logs(cli: &Cli) {
     let level = cli.log_level.clone().unwrap_or_else(|| match cli.command {
-        Command::Run(_) => "info".to_string(),
+        Command::Run(_) | Command::Receive(_) => "info".to_string(),
         _ => "warn".to_string(),
     });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

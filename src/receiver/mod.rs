@@ -1,0 +1,698 @@
+//! `reporter receive`: the other half. Reports in, each stored once, rolled up into Parquet for
+//! analysts, and shown on a dashboard.
+//!
+//! - [`intake`]: what is accepted, and the key a report is stored under;
+//! - [`layout`]: where things live in the receiver's bucket;
+//! - [`rollup`]: Parquet files and summaries, one window of arrivals at a time;
+//! - [`summary`]: the figures the API and the dashboard read;
+//! - this module: the HTTP service, its rate limit and token, and the rollup leader's loop.
+//!
+//! Several receivers may share one bucket behind a load balancer: a report's key depends only
+//! on the report, so create-if-absent stores it once whichever receiver takes it, and one of
+//! them, elected through the same lease as the replicas use (its own object), rolls up.
+
+pub mod intake;
+pub mod layout;
+pub mod rollup;
+pub mod summary;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Histogram;
+use crate::lease::{Elector, LeaseConfig};
+use crate::store::{self, OpenError, Store, StoreError};
+use summary::{Cluster, Clusters, Day};
+
+/// The receiver's defaults.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+
+    /// `--store`.
+    pub const STORE: &str = "./receiver-data";
+    /// `--listen`.
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3300));
+    /// `--rollup-every`.
+    pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+    /// `--rate-limit`: reports per second one client may send, sustained.
+    pub const RATE_LIMIT: f64 = 20.0;
+    /// `--rate-burst`: how many reports a client may send at once before the rate applies (a
+    /// leader delivering a slot of many replicas sends a burst).
+    pub const BURST: f64 = 2000.0;
+}
+
+/// Everything `reporter receive` can set.
+#[derive(Debug, Clone)]
+pub struct ReceiverOptions {
+    /// The store URL or path.
+    pub store: String,
+    /// Store client options.
+    pub store_options: Vec<(String, String)>,
+    /// The address to serve on.
+    pub listen: SocketAddr,
+    /// With a token, reading the API and dashboard needs `Authorization: Bearer <token>`.
+    pub read_token: Option<String>,
+    /// How often the elected receiver rolls up.
+    pub rollup_every: Duration,
+    /// How long an arrival is left to settle before it is rolled up.
+    pub settle: Duration,
+    /// Reports per second per client, sustained.
+    pub rate_limit: f64,
+    /// Reports one client may send at once before the rate applies.
+    pub rate_burst: f64,
+}
+
+impl Default for ReceiverOptions {
+    fn default() -> Self {
+        ReceiverOptions {
+            store: defaults::STORE.to_string(),
+            store_options: Vec::new(),
+            listen: defaults::LISTEN,
+            read_token: None,
+            rollup_every: defaults::ROLLUP_EVERY,
+            settle: rollup::DEFAULT_SETTLE,
+            rate_limit: defaults::RATE_LIMIT,
+            rate_burst: defaults::BURST,
+        }
+    }
+}
+
+/// Why a receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The store URL or its options are wrong.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// An option is out of range.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+/// The receiver's own figures, served at `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReceiverHealth {
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    rate_limited: AtomicU64,
+    store_failures: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    store_latency: Mutex<Histogram>,
+    rollups: AtomicU64,
+    rolled_up: AtomicU64,
+}
+
+impl ReceiverHealth {
+    fn reject(&self, reason: &'static str) {
+        let mut m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(reason).or_default() += 1;
+    }
+
+    /// Reports stored so far.
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        };
+        counter(
+            &mut out,
+            "reporter_receiver_reports_stored_total",
+            "Reports stored.",
+            &self.stored,
+        );
+        counter(
+            &mut out,
+            "reporter_receiver_reports_duplicate_total",
+            "Reports answered as duplicates of one already stored.",
+            &self.duplicates,
+        );
+        counter(
+            &mut out,
+            "reporter_receiver_rate_limited_total",
+            "Requests answered 429.",
+            &self.rate_limited,
+        );
+        counter(
+            &mut out,
+            "reporter_receiver_store_failures_total",
+            "Reports answered 503 because the store failed.",
+            &self.store_failures,
+        );
+        counter(
+            &mut out,
+            "reporter_receiver_rollups_total",
+            "Rollup runs finished.",
+            &self.rollups,
+        );
+        counter(
+            &mut out,
+            "reporter_receiver_rolled_up_total",
+            "Reports written to Parquet.",
+            &self.rolled_up,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP reporter_receiver_reports_rejected_total Reports refused, by reason.\n# TYPE reporter_receiver_reports_rejected_total counter"
+        );
+        for (reason, n) in self
+            .rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "reporter_receiver_reports_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        self.store_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .render(
+                &mut out,
+                "reporter_receiver_store_latency_seconds",
+                "Time to store one report.",
+            );
+        out
+    }
+}
+
+/// A token bucket per client address, kept in memory only (addresses are never stored or
+/// logged). Buckets full again are forgotten, so memory follows the clients of the last
+/// seconds.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimit {
+    /// `Ok`, or how long to wait.
+    fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(client).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+}
+
+/// A cached read of the summaries, fresh for a couple of seconds.
+#[derive(Debug, Default)]
+struct Cache {
+    at: Option<Instant>,
+    days: BTreeMap<String, Day>,
+    clusters: Arc<Clusters>,
+}
+
+const CACHE_FOR: Duration = Duration::from_secs(2);
+/// The most days `/api/v1/summary` covers.
+const MAX_DAYS: i64 = 400;
+
+#[derive(Clone)]
+struct App {
+    store: Store,
+    token: Option<Arc<str>>,
+    health: Arc<ReceiverHealth>,
+    limit: Arc<RateLimit>,
+    cache: Arc<tokio::sync::Mutex<Cache>>,
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+async fn receive(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(wait) = app.limit.check(peer.ip()) {
+        app.health.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            Json(json!({"error": "too many reports from this client; retry later"})),
+        )
+            .into_response();
+    }
+    let report = match intake::parse(&body, Utc::now()) {
+        Ok(r) => r,
+        Err(why) => {
+            app.health.reject(why.reason());
+            return error(StatusCode::BAD_REQUEST, why);
+        }
+    };
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key.to_str().unwrap_or_default();
+        if let Err(why) = intake::check_idempotency_key(key, &body) {
+            app.health.reject(why.reason());
+            return error(StatusCode::BAD_REQUEST, why);
+        }
+    }
+    let key = layout::received_key(&report.cluster_id, report.slot(), &report.instance_key());
+    let started = Instant::now();
+    let result = app.store.create(&key, body).await;
+    app.health
+        .store_latency
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .observe(started.elapsed());
+    match result {
+        Ok(_) => {
+            app.health.stored.fetch_add(1, Ordering::Relaxed);
+            Json(json!({"status": "stored"})).into_response()
+        }
+        Err(StoreError::AlreadyExists { .. }) => {
+            app.health.duplicates.fetch_add(1, Ordering::Relaxed);
+            Json(json!({"status": "duplicate"})).into_response()
+        }
+        Err(e) => {
+            app.health.store_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot store a report; answered 503");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store did not take the report; retry",
+            )
+        }
+    }
+}
+
+/// Whether a read may go ahead: no token is set, or the request carries it.
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Constant time: the comparison does not stop at the first difference.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "a valid Authorization: Bearer token is needed"})),
+    )
+        .into_response()
+}
+
+/// The summaries of the last `days` days (today included) and every cluster's state.
+async fn summaries(app: &App, days: i64) -> Result<(Vec<Day>, Arc<Clusters>), StoreError> {
+    let today = Utc::now().date_naive();
+    let wanted: Vec<String> = (0..days)
+        .rev()
+        .map(|d| {
+            (today - chrono::Duration::days(d))
+                .format("%Y-%m-%d")
+                .to_string()
+        })
+        .collect();
+    let mut cache = app.cache.lock().await;
+    let stale = cache.at.is_none_or(|at| at.elapsed() > CACHE_FOR)
+        || wanted.iter().any(|d| !cache.days.contains_key(d));
+    if stale {
+        let mut fresh = BTreeMap::new();
+        let first = wanted.first().cloned().unwrap_or_default();
+        for entry in app.store.entries("summaries/").await? {
+            let Some(day) = entry
+                .key
+                .strip_prefix("summaries/day=")
+                .and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if day < first.as_str() {
+                continue;
+            }
+            if let Ok(obj) = app.store.get_limited(&entry.key, 64 << 20).await {
+                if let Ok(d) = serde_json::from_slice::<Day>(&obj.bytes) {
+                    fresh.insert(day.to_string(), d);
+                }
+            }
+        }
+        let clusters = match app.store.get_limited(layout::CLUSTERS, 512 << 20).await {
+            Ok(obj) => serde_json::from_slice(&obj.bytes).unwrap_or_default(),
+            Err(StoreError::NotFound { .. }) => Clusters::default(),
+            Err(e) => return Err(e),
+        };
+        // Days with no report are days with zero.
+        for d in &wanted {
+            fresh.entry(d.clone()).or_insert_with(|| Day {
+                day: d.clone(),
+                ..Day::default()
+            });
+        }
+        *cache = Cache {
+            at: Some(Instant::now()),
+            days: fresh,
+            clusters: Arc::new(clusters),
+        };
+    }
+    let days = wanted
+        .iter()
+        .filter_map(|d| cache.days.get(d).cloned())
+        .collect();
+    Ok((days, cache.clusters.clone()))
+}
+
+#[derive(serde::Deserialize)]
+struct SummaryQuery {
+    days: Option<i64>,
+}
+
+async fn summary(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<SummaryQuery>,
+) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    let n = q.days.unwrap_or(30).clamp(1, MAX_DAYS);
+    let (days, clusters) = match summaries(&app, n).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store failed: {e}"),
+            )
+        }
+    };
+    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
+    let active: Vec<&Cluster> = clusters
+        .clusters
+        .values()
+        .filter(|c| {
+            c.last_interval
+                .get(..10)
+                .is_some_and(|d| d >= first.as_str())
+        })
+        .collect();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &active {
+        let v = if c.version.is_empty() {
+            "unknown"
+        } else {
+            &c.version
+        };
+        *versions.entry(v.to_string()).or_default() += 1;
+    }
+    let sum = |pick: fn(&Day) -> &BTreeMap<String, u64>| {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for d in &days {
+            for (k, v) in pick(d) {
+                *m.entry(k.clone()).or_default() += v;
+            }
+        }
+        m
+    };
+    let body = json!({
+        "clusters": active.len(),
+        "instances": active.iter().map(|c| c.instances).sum::<u64>(),
+        "reports": days.iter().map(|d| d.reports).sum::<u64>(),
+        "versions": versions,
+        "os": sum(|d| &d.os),
+        "arch": sum(|d| &d.arch),
+        "targets": sum(|d| &d.targets),
+        "days": days.iter().map(|d| json!({
+            "day": d.day, "clusters": d.clusters, "reports": d.reports, "versions": d.versions,
+        })).collect::<Vec<_>>(),
+    });
+    Json(body).into_response()
+}
+
+async fn clusters(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    let (_, clusters) = match summaries(&app, 1).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store failed: {e}"),
+            )
+        }
+    };
+    let mut list: Vec<&Cluster> = clusters.clusters.values().collect();
+    list.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+    Json(json!({"clusters": list})).into_response()
+}
+
+/// The dashboard: one self-contained page, no CDN, charts drawn as SVG by its own script.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.health.render(),
+    )
+        .into_response()
+}
+
+async fn over_cap() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the report is larger than 1 MiB",
+    )
+}
+
+fn router(app: App) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/reports",
+            post(receive).layer(DefaultBodyLimit::max(intake::MAX_BODY_BYTES)),
+        )
+        .route("/api/v1/summary", get(summary))
+        .route("/api/v1/clusters", get(clusters))
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::map_response(
+            |resp: Response| async move {
+                // axum's own 413 is plain text; say it as every other error is said.
+                if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+                    && resp
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_none_or(|v| v != "application/json")
+                {
+                    return over_cap().await;
+                }
+                resp
+            },
+        ))
+        .with_state(app)
+}
+
+/// A running receiver.
+#[derive(Debug)]
+pub struct Receiver {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    health: Arc<ReceiverHealth>,
+}
+
+impl Receiver {
+    /// Opens the store, binds `listen` and starts serving and rolling up.
+    pub async fn start(o: ReceiverOptions) -> Result<Receiver, ReceiveError> {
+        let store = store::open(&o.store, &o.store_options)?;
+        Self::start_with(o, store).await
+    }
+
+    /// As [`Receiver::start`], on a store already open.
+    pub async fn start_with(o: ReceiverOptions, store: Store) -> Result<Receiver, ReceiveError> {
+        if !(o.rate_limit > 0.0 && o.rate_limit.is_finite()) {
+            return Err(ReceiveError::Invalid(
+                "the rate limit must be a positive number",
+            ));
+        }
+        if !(o.rate_burst >= 1.0 && o.rate_burst.is_finite()) {
+            return Err(ReceiveError::Invalid("the rate burst must be at least 1"));
+        }
+        if o.rollup_every < Duration::from_secs(1) {
+            return Err(ReceiveError::Invalid("rollups must be at least 1s apart"));
+        }
+        let health = Arc::new(ReceiverHealth::default());
+        let shutdown = CancellationToken::new();
+        let app = App {
+            store: store.clone(),
+            token: o.read_token.as_deref().map(Arc::from),
+            health: health.clone(),
+            limit: Arc::new(RateLimit {
+                rate: o.rate_limit,
+                burst: o.rate_burst,
+                buckets: Mutex::default(),
+            }),
+            cache: Arc::default(),
+        };
+        let (addr, http) = crate::http::serve(o.listen, router(app), shutdown.clone())
+            .await
+            .map_err(|source| ReceiveError::Listen {
+                addr: o.listen,
+                source,
+            })?;
+        tracing::info!(%addr, store = %store.describe(), "receiver started");
+        let roll = tokio::spawn(roll_up_while_leading(
+            store,
+            o.rollup_every,
+            o.settle,
+            health.clone(),
+            shutdown.clone(),
+        ));
+        Ok(Receiver {
+            addr,
+            shutdown,
+            tasks: vec![http, roll],
+            health,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The receiver's figures.
+    pub fn health(&self) -> &Arc<ReceiverHealth> {
+        &self.health
+    }
+
+    /// Stops serving and rolling up; the lease is released.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// One receiver of those sharing the bucket rolls up, every `every`, while it holds the lease.
+async fn roll_up_while_leading(
+    store: Store,
+    every: Duration,
+    settle: Duration,
+    health: Arc<ReceiverHealth>,
+    shutdown: CancellationToken,
+) {
+    let ttl = (every * 2).clamp(Duration::from_secs(2), Duration::from_secs(300));
+    let elector = Elector::new(
+        store.clone().with_timeout(ttl / 4),
+        LeaseConfig::new(ttl),
+        uuid::Uuid::new_v4().to_string(),
+        Arc::new(crate::health::Health::default()),
+    )
+    .with_key(layout::LEASE);
+    let election = {
+        let (elector, shutdown) = (elector.clone(), shutdown.clone());
+        tokio::spawn(async move { elector.run(shutdown).await })
+    };
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if elector.term().is_none() {
+            continue;
+        }
+        match rollup::run_once(&store, Utc::now(), settle).await {
+            Ok(out) => {
+                failing = false;
+                health.rollups.fetch_add(1, Ordering::Relaxed);
+                health
+                    .rolled_up
+                    .fetch_add(out.rows as u64, Ordering::Relaxed);
+                if out.rows > 0 {
+                    tracing::info!(rows = out.rows, files = out.files, window = %out.window, "rolled up");
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "rollup failed; the next run redoes its window");
+                    failing = true;
+                }
+            }
+        }
+    }
+    let _ = election.await;
+}

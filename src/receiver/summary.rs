@@ -1,0 +1,211 @@
+//! The summaries the dashboard and the query API read, kept beside the rollups so that reading
+//! them costs the same whether the bucket holds a thousand reports or a billion:
+//!
+//! - `summaries/day=<YYYY-MM-DD>.json` ([`Day`]): per day of slots, active clusters, reports,
+//!   clusters by version, reports by os, arch and target;
+//! - `summaries/ids/day=<YYYY-MM-DD>.json` ([`DayClusters`]): the clusters active that day and
+//!   their version, which makes `Day::clusters` exact; only the rollup reads it;
+//! - `summaries/clusters.json` ([`Clusters`]): every cluster's latest state.
+//!
+//! Each is updated by compare-and-swap and remembers which rollup windows it holds, so a
+//! window applied twice (a rollup that died before recording its progress) counts once.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::intake::Received;
+use crate::timefmt;
+
+/// Windows remembered per summary: a window is only ever re-applied right after a crash.
+const WINDOWS_KEPT: usize = 64;
+
+/// A received report and when it arrived: one Parquet row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The report.
+    pub report: Received,
+    /// When the store took it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The `YYYY-MM-DD` (UTC) of a slot.
+pub fn day_of(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+
+/// One day of slots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Distinct clusters with a report that day.
+    pub clusters: u64,
+    /// Reports that day.
+    pub reports: u64,
+    /// Clusters by the version they ran (their last that day).
+    pub versions: BTreeMap<String, u64>,
+    /// Reports by OS.
+    pub os: BTreeMap<String, u64>,
+    /// Reports by architecture.
+    pub arch: BTreeMap<String, u64>,
+    /// Reports by target.
+    pub targets: BTreeMap<String, u64>,
+    /// Rollup windows applied.
+    #[serde(default)]
+    pub windows: VecDeque<String>,
+}
+
+/// The clusters active on one day, and their version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DayClusters {
+    /// Cluster ID to version.
+    pub clusters: BTreeMap<String, String>,
+}
+
+/// One cluster's latest state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    /// The cluster ID.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    /// The seed's `createdAt`.
+    pub created_at: String,
+    /// The first report's arrival.
+    pub first_seen: String,
+    /// The last report's arrival.
+    pub last_seen: String,
+    /// The version in its latest slot.
+    pub version: String,
+    /// Every target it reported.
+    pub targets: BTreeSet<String>,
+    /// Replicas that reported its latest slot.
+    pub instances: u64,
+    /// Reports stored.
+    pub reports: u64,
+    /// Its latest slot.
+    pub last_interval: String,
+}
+
+/// Every cluster's latest state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Clusters {
+    /// By cluster ID.
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Rollup windows applied.
+    #[serde(default)]
+    pub windows: VecDeque<String>,
+}
+
+fn remember(windows: &mut VecDeque<String>, window: &str) -> bool {
+    if windows.iter().any(|w| w == window) {
+        return false;
+    }
+    windows.push_back(window.to_string());
+    while windows.len() > WINDOWS_KEPT {
+        windows.pop_front();
+    }
+    true
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    let key = if key.is_empty() { "unknown" } else { key };
+    *map.entry(key.to_string()).or_default() += 1;
+}
+
+impl DayClusters {
+    /// Adds the rows' clusters (a union: applying twice changes nothing).
+    pub fn add(&mut self, rows: &[Row]) -> bool {
+        let mut changed = false;
+        let mut latest: BTreeMap<&str, (&Row, DateTime<Utc>)> = BTreeMap::new();
+        for row in rows {
+            let e = latest
+                .entry(&row.report.cluster_id)
+                .or_insert((row, row.report.slot()));
+            if row.report.slot() > e.1 {
+                *e = (row, row.report.slot());
+            }
+        }
+        for (id, (row, _)) in latest {
+            let version = if row.report.version.is_empty() {
+                "unknown".to_string()
+            } else {
+                row.report.version.clone()
+            };
+            if self.clusters.get(id) != Some(&version) {
+                self.clusters.insert(id.to_string(), version);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+impl Day {
+    /// Adds a window's rows of this day; `false` if the window was applied already.
+    pub fn add(&mut self, window: &str, rows: &[Row], clusters: &DayClusters) -> bool {
+        if !remember(&mut self.windows, window) {
+            return false;
+        }
+        for row in rows {
+            self.reports += 1;
+            bump(&mut self.os, &row.report.os);
+            bump(&mut self.arch, &row.report.arch);
+            bump(&mut self.targets, &row.report.target);
+        }
+        self.clusters = clusters.clusters.len() as u64;
+        self.versions.clear();
+        for version in clusters.clusters.values() {
+            bump(&mut self.versions, version);
+        }
+        true
+    }
+}
+
+impl Clusters {
+    /// Adds a window's rows; `false` if the window was applied already.
+    pub fn add(&mut self, window: &str, rows: &[Row]) -> bool {
+        if !remember(&mut self.windows, window) {
+            return false;
+        }
+        for row in rows {
+            let r = &row.report;
+            let at = timefmt::rfc3339_nano(&row.received_at);
+            let c = self
+                .clusters
+                .entry(r.cluster_id.clone())
+                .or_insert_with(|| Cluster {
+                    cluster_id: r.cluster_id.clone(),
+                    created_at: timefmt::rfc3339_nano(&r.created_at),
+                    first_seen: at.clone(),
+                    last_seen: at.clone(),
+                    ..Cluster::default()
+                });
+            c.reports += 1;
+            c.targets.insert(r.target.clone());
+            if row.received_at < parse(&c.first_seen) {
+                c.first_seen = at.clone();
+            }
+            if row.received_at > parse(&c.last_seen) {
+                c.last_seen = at;
+            }
+            let last = timefmt::parse_rfc3339(&c.last_interval).map(|t| t.to_utc());
+            match last {
+                Some(l) if r.slot() < l => {}
+                Some(l) if r.slot() == l => c.instances += 1,
+                _ => {
+                    c.last_interval = timefmt::rfc3339_nano(&r.slot());
+                    c.instances = 1;
+                    c.version = r.version.clone();
+                }
+            }
+        }
+        true
+    }
+}
+
+fn parse(s: &str) -> DateTime<Utc> {
+    timefmt::parse_rfc3339(s).map_or(DateTime::<Utc>::MIN_UTC, |t| t.to_utc())
+}
