@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from scratch: installs and starts moto (S3) and Azurite (Azure Blob) on
-# 127.0.0.1, creates their bucket and container, runs every test, and stops what it started,
-# even when tests fail. Installs are cached in $REPORTER_CACHE (default ~/.cache/usage-reporter)
+# 127.0.0.1, creates their bucket and container, installs DuckDB (PyPI), Chromium (Debian) and
+# cargo-deny, runs every check and test, and stops what it started, even when tests fail. Installs are cached in $REPORTER_CACHE (default ~/.cache/usage-reporter)
 # so a second run is fast.
 #
 #   scripts/test.sh               # everything: fmt, clippy, unit, integration, backends
@@ -67,6 +67,20 @@ pids+=($!)
 wait_http "http://127.0.0.1:$az_port/devstoreaccount1?comp=list" Azurite "${pids[-1]}" || { show_log Azurite "$run_dir/azurite.log"; exit 1; }
 python3 scripts/azurite_container.py "http://127.0.0.1:$az_port/devstoreaccount1" reporter-test
 log "Azurite (Azure Blob) on 127.0.0.1:$az_port, container reporter-test"
+
+# --- DuckDB (PyPI) reads the Parquet rollups back; Chromium (Debian) renders the dashboard -----
+if ! "$cache/venv/bin/python" -c 'import duckdb' 2>/dev/null; then
+  log "installing duckdb into $cache/venv"
+  "$cache/venv/bin/pip" install -q duckdb
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian's chromium (needs root)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+export REPORTER_TEST_PYTHON="$cache/venv/bin/python"
+REPORTER_TEST_CHROMIUM="$(command -v chromium)"
+export REPORTER_TEST_CHROMIUM
 
 export REPORTER_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export REPORTER_TEST_S3_BUCKET="reporter-test"

@@ -247,3 +247,45 @@ pub fn check_idempotency_key(header: &str, bytes: &[u8]) -> Result<(), Invalid> 
         Err(Invalid::KeyMismatch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        timefmt::parse_rfc3339("2026-02-01T12:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    #[test]
+    fn foreign_reports_are_keyed_by_target_and_ours_by_instance() {
+        let foreign = br#"{"clusterID":"3B0DBE09-7CA4-4C2C-8D5C-4A7C7C2B2C1E","createdAt":"2026-01-01T00:00:00+02:00","interval":"2026-02-01T10:00:00+02:00","intervalPeriod":14400.0,"target":"query frontend/1","version":{"goVersion":"go1.22"}}"#;
+        let r = parse(foreign, now()).unwrap();
+        assert_eq!(r.cluster_id, "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e");
+        assert_eq!(r.instance_key(), "target-query_frontend_1");
+        assert_eq!(r.runtime_version, "go1.22");
+        assert_eq!(
+            r.slot(),
+            timefmt::parse_rfc3339("2026-02-01T08:00:00Z")
+                .unwrap()
+                .to_utc()
+        );
+        let ours = br#"{"clusterID":"3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e","createdAt":"2026-01-01T00:00:00Z","interval":"2026-02-01T08:00:00Z","intervalPeriod":14400,"target":"all","instanceID":"0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e","version":{"rustVersion":"1.95.0"}}"#;
+        let r = parse(ours, now()).unwrap();
+        assert_eq!(r.instance_key(), "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e");
+        assert_eq!(r.runtime_version, "1.95.0");
+        assert!(check_idempotency_key(
+            "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e/2026-02-01T08:00:00Z/0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e",
+            ours
+        )
+        .is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = parse(&bytes, now());
+        }
+    }
+}

@@ -242,12 +242,17 @@ impl RateLimit {
     }
 }
 
-/// A cached read of the summaries, fresh for a couple of seconds.
+/// The summaries as last read. A request older than [`CACHE_FOR`] lists `summaries/` and reads
+/// again only the objects that changed, so a warm request costs one listing, whatever the
+/// number of reports or clusters.
 #[derive(Debug, Default)]
 struct Cache {
-    at: Option<Instant>,
+    checked: Option<Instant>,
+    seen: HashMap<String, chrono::DateTime<Utc>>,
     days: BTreeMap<String, Day>,
     clusters: Arc<Clusters>,
+    /// Cluster IDs, most recently seen first.
+    order: Arc<Vec<String>>,
 }
 
 const CACHE_FOR: Duration = Duration::from_secs(2);
@@ -354,63 +359,62 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-/// The summaries of the last `days` days (today included) and every cluster's state.
-async fn summaries(app: &App, days: i64) -> Result<(Vec<Day>, Arc<Clusters>), StoreError> {
+/// Brings the cache up to date with the bucket.
+async fn refresh(store: &Store, cache: &mut Cache) -> Result<(), StoreError> {
+    if cache.checked.is_some_and(|at| at.elapsed() < CACHE_FOR) {
+        return Ok(());
+    }
+    for entry in store.entries("summaries/").await? {
+        if cache.seen.get(&entry.key) == Some(&entry.modified) {
+            continue;
+        }
+        if entry.key == layout::CLUSTERS {
+            let obj = store.get_limited(&entry.key, 512 << 20).await?;
+            let clusters: Clusters = serde_json::from_slice(&obj.bytes).unwrap_or_default();
+            let mut order: Vec<&Cluster> = clusters.clusters.values().collect();
+            order.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+            cache.order = Arc::new(order.iter().map(|c| c.cluster_id.clone()).collect());
+            cache.clusters = Arc::new(clusters);
+        } else if let Some(day) = entry
+            .key
+            .strip_prefix("summaries/day=")
+            .and_then(|k| k.strip_suffix(".json"))
+        {
+            let obj = store.get_limited(&entry.key, 64 << 20).await?;
+            if let Ok(d) = serde_json::from_slice::<Day>(&obj.bytes) {
+                cache.days.insert(day.to_string(), d);
+            }
+        }
+        cache.seen.insert(entry.key, entry.modified);
+    }
+    cache.checked = Some(Instant::now());
+    Ok(())
+}
+
+/// The summaries of the last `days` days (today included; days without reports as zeros),
+/// every cluster's state, and cluster IDs most recently seen first.
+async fn summaries(
+    app: &App,
+    days: i64,
+) -> Result<(Vec<Day>, Arc<Clusters>, Arc<Vec<String>>), StoreError> {
     let today = Utc::now().date_naive();
-    let wanted: Vec<String> = (0..days)
+    let mut cache = app.cache.lock().await;
+    refresh(&app.store, &mut cache).await?;
+    let days = (0..days)
         .rev()
         .map(|d| {
             (today - chrono::Duration::days(d))
                 .format("%Y-%m-%d")
                 .to_string()
         })
-        .collect();
-    let mut cache = app.cache.lock().await;
-    let stale = cache.at.is_none_or(|at| at.elapsed() > CACHE_FOR)
-        || wanted.iter().any(|d| !cache.days.contains_key(d));
-    if stale {
-        let mut fresh = BTreeMap::new();
-        let first = wanted.first().cloned().unwrap_or_default();
-        for entry in app.store.entries("summaries/").await? {
-            let Some(day) = entry
-                .key
-                .strip_prefix("summaries/day=")
-                .and_then(|k| k.strip_suffix(".json"))
-            else {
-                continue;
-            };
-            if day < first.as_str() {
-                continue;
-            }
-            if let Ok(obj) = app.store.get_limited(&entry.key, 64 << 20).await {
-                if let Ok(d) = serde_json::from_slice::<Day>(&obj.bytes) {
-                    fresh.insert(day.to_string(), d);
-                }
-            }
-        }
-        let clusters = match app.store.get_limited(layout::CLUSTERS, 512 << 20).await {
-            Ok(obj) => serde_json::from_slice(&obj.bytes).unwrap_or_default(),
-            Err(StoreError::NotFound { .. }) => Clusters::default(),
-            Err(e) => return Err(e),
-        };
-        // Days with no report are days with zero.
-        for d in &wanted {
-            fresh.entry(d.clone()).or_insert_with(|| Day {
-                day: d.clone(),
+        .map(|d| {
+            cache.days.get(&d).cloned().unwrap_or_else(|| Day {
+                day: d,
                 ..Day::default()
-            });
-        }
-        *cache = Cache {
-            at: Some(Instant::now()),
-            days: fresh,
-            clusters: Arc::new(clusters),
-        };
-    }
-    let days = wanted
-        .iter()
-        .filter_map(|d| cache.days.get(d).cloned())
+            })
+        })
         .collect();
-    Ok((days, cache.clusters.clone()))
+    Ok((days, cache.clusters.clone(), cache.order.clone()))
 }
 
 #[derive(serde::Deserialize)]
@@ -427,7 +431,7 @@ async fn summary(
         return unauthorized();
     }
     let n = q.days.unwrap_or(30).clamp(1, MAX_DAYS);
-    let (days, clusters) = match summaries(&app, n).await {
+    let (days, clusters, _) = match summaries(&app, n).await {
         Ok(s) => s,
         Err(e) => {
             return error(
@@ -447,7 +451,9 @@ async fn summary(
         })
         .collect();
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut replicas: BTreeMap<String, u64> = BTreeMap::new();
     for c in &active {
+        *replicas.entry(c.instances.to_string()).or_default() += 1;
         let v = if c.version.is_empty() {
             "unknown"
         } else {
@@ -472,6 +478,7 @@ async fn summary(
         "os": sum(|d| &d.os),
         "arch": sum(|d| &d.arch),
         "targets": sum(|d| &d.targets),
+        "replicas": replicas,
         "days": days.iter().map(|d| json!({
             "day": d.day, "clusters": d.clusters, "reports": d.reports, "versions": d.versions,
         })).collect::<Vec<_>>(),
@@ -479,11 +486,20 @@ async fn summary(
     Json(body).into_response()
 }
 
-async fn clusters(State(app): State<App>, headers: HeaderMap) -> Response {
+#[derive(serde::Deserialize)]
+struct ClustersQuery {
+    limit: Option<usize>,
+}
+
+async fn clusters(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<ClustersQuery>,
+) -> Response {
     if !authorized(&app, &headers) {
         return unauthorized();
     }
-    let (_, clusters) = match summaries(&app, 1).await {
+    let (_, clusters, order) = match summaries(&app, 1).await {
         Ok(s) => s,
         Err(e) => {
             return error(
@@ -492,9 +508,12 @@ async fn clusters(State(app): State<App>, headers: HeaderMap) -> Response {
             )
         }
     };
-    let mut list: Vec<&Cluster> = clusters.clusters.values().collect();
-    list.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
-    Json(json!({"clusters": list})).into_response()
+    let list: Vec<&Cluster> = order
+        .iter()
+        .take(q.limit.unwrap_or(usize::MAX))
+        .filter_map(|id| clusters.clusters.get(id))
+        .collect();
+    Json(json!({"clusters": list, "total": clusters.clusters.len()})).into_response()
 }
 
 /// The dashboard: one self-contained page, no CDN, charts drawn as SVG by its own script.

@@ -209,3 +209,56 @@ impl Clusters {
 fn parse(s: &str) -> DateTime<Utc> {
     timefmt::parse_rfc3339(s).map_or(DateTime::<Utc>::MIN_UTC, |t| t.to_utc())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cluster: &str, slot: &str, instance: Option<&str>, version: &str) -> Row {
+        let body = serde_json::json!({
+            "clusterID": cluster, "createdAt": "2026-01-01T00:00:00Z", "interval": slot,
+            "intervalPeriod": 3600, "target": "all", "instanceID": instance,
+            "version": {"version": version}, "os": "linux", "arch": "amd64",
+        });
+        let report = super::super::intake::parse(
+            body.to_string().as_bytes(),
+            timefmt::parse_rfc3339(slot).unwrap().to_utc(),
+        )
+        .unwrap();
+        Row {
+            received_at: report.slot(),
+            report,
+        }
+    }
+
+    const A: &str = "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
+    const B: &str = "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
+
+    #[test]
+    fn a_window_applied_twice_counts_once() {
+        let rows = vec![
+            row(A, "2026-02-01T00:00:00Z", Some(B), "1.0"),
+            row(A, "2026-02-01T00:00:00Z", Some(A), "1.0"),
+            row(B, "2026-02-01T01:00:00Z", None, "2.0"),
+        ];
+        let mut ids = DayClusters::default();
+        assert!(ids.add(&rows));
+        assert!(!ids.add(&rows), "a union changes nothing the second time");
+        let mut day = Day::default();
+        assert!(day.add("w1", &rows, &ids));
+        assert!(!day.add("w1", &rows, &ids));
+        assert_eq!((day.clusters, day.reports), (2, 3));
+        assert_eq!(day.versions["1.0"], 1);
+        let mut all = Clusters::default();
+        assert!(all.add("w1", &rows));
+        assert!(!all.add("w1", &rows));
+        assert_eq!(all.clusters[A].instances, 2);
+        assert_eq!(all.clusters[A].reports, 2);
+        // A newer slot resets the replica count; an older one leaves it.
+        all.add("w2", &[row(A, "2026-02-01T04:00:00Z", Some(B), "1.1")]);
+        all.add("w3", &[row(A, "2026-01-31T04:00:00Z", Some(B), "0.9")]);
+        let a = &all.clusters[A];
+        assert_eq!((a.instances, a.reports, a.version.as_str()), (1, 4, "1.1"));
+        assert_eq!(a.first_seen, "2026-01-31T04:00:00Z");
+    }
+}

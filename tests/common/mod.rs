@@ -274,13 +274,18 @@ impl Proc {
 
     /// The endpoint address from the `replica started` log line.
     pub fn addr(&self) -> SocketAddr {
+        self.logged_addr("replica started")
+    }
+
+    /// The `addr=` of the first log line containing `needle`.
+    pub fn logged_addr(&self, needle: &str) -> SocketAddr {
         assert!(
-            self.wait_log("replica started", Duration::from_secs(30)),
-            "replica did not start:\n{}",
+            self.wait_log(needle, Duration::from_secs(30)),
+            "no {needle:?} in the log:\n{}",
             self.log()
         );
         let log = self.log();
-        let line = log.lines().find(|l| l.contains("replica started")).unwrap();
+        let line = log.lines().find(|l| l.contains(needle)).unwrap();
         let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
