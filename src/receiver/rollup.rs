@@ -11,7 +11,7 @@
 //! remember the windows they hold.
 //!
 //! Only the slot days a window can touch are listed: the receiver refuses slots more than
-//! [`MAX_AGE`](super::intake::MAX_AGE) old, so a window needs those days and no others.
+//! [`MAX_AGE`] old, so a window needs those days and no others.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
