@@ -137,7 +137,9 @@ print(json.dumps([[str(c) if not isinstance(c, (int, float)) else c for c in r] 
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// `reporter rollup`, once a second has passed: windows end on whole seconds.
 fn rollup_by_hand(dir: &Path) -> String {
+    std::thread::sleep(Duration::from_millis(1100));
     let (code, out, err) = common::reporter(&[
         "rollup",
         "--store",
@@ -486,7 +488,6 @@ async fn rollups_read_back_by_duckdb_match_the_api_survive_a_redo_and_take_late_
         assert_eq!(post(addr, fixture(name, 3)).await.0, 200);
         sent += 1;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let out = rollup_by_hand(data.path());
     assert!(out.contains(&format!("rolled up {sent} reports")), "{out}");
     assert!(rollup_by_hand(data.path()).contains("rolled up 0 reports"));
@@ -592,7 +593,6 @@ async fn rollups_read_back_by_duckdb_match_the_api_survive_a_redo_and_take_late_
     // A late report (a slot of yesterday, arriving now) lands in a later window, once.
     let late = report(&clusters[0], 27, &uuid(), "1.0.0");
     assert_eq!(post(addr, late.to_string()).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(rollup_by_hand(data.path()).contains("rolled up 1 reports"));
     let rows = duckdb(
         data.path(),
@@ -697,4 +697,55 @@ async fn the_dashboard_renders_its_figures_and_charts_in_a_real_browser() {
         "{}",
         png.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_on_s3_stores_once_and_rolls_up_every_report() {
+    let Some(bucket) = common::Bucket::s3() else {
+        return;
+    };
+    let mut args: Vec<String> = [
+        "receive",
+        "--listen",
+        "127.0.0.1:0",
+        "--rollup-every",
+        "1s",
+        "--settle",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(bucket.args());
+    let p = Proc::spawn(&args);
+    let addr = p.logged_addr("receiver started");
+    let cluster = uuid();
+    let reports: Vec<String> = (0..12)
+        .map(|i| report(&cluster, i % 2, &uuid(), "2.0.0").to_string())
+        .collect();
+    for r in &reports {
+        assert_eq!(post(addr, r.clone()).await.1["status"], "stored");
+    }
+    for r in &reports[..4] {
+        assert_eq!(post(addr, r.clone()).await.1["status"], "duplicate");
+    }
+    assert_eq!(post(addr, fixture("mimir", 1)).await.1["status"], "stored");
+    eventually(
+        Duration::from_secs(20),
+        "every report rolled up",
+        || async { get(addr, "/api/v1/summary?days=2").await["reports"] == 13 },
+    )
+    .await;
+    let summary = get(addr, "/api/v1/summary?days=2").await;
+    assert_eq!(summary["clusters"], 2, "{summary}");
+    let store = bucket.store();
+    let parquet: Vec<String> = store
+        .list("rollups/")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    assert!(!parquet.is_empty());
+    assert_eq!(store.list("received/").await.unwrap().len(), 13);
 }

@@ -1,6 +1,7 @@
 //! Rollups: received reports compacted into Parquet for analysts, and the summaries updated.
 //!
-//! A run takes a window of arrival times, `(watermark, now - settle]`, and makes every report
+//! A run takes a window of arrival times, `(watermark, now - settle]` in whole seconds (S3
+//! stamps objects to the second), and makes every report
 //! the store took in it a row of exactly one Parquet file,
 //! `rollups/day=<slot day>/<window>.parquet` (Hive-style, so DuckDB, ClickHouse, Athena or
 //! Spark read the bucket directly). Late reports arrive later, so they fall in a later window:
@@ -130,7 +131,9 @@ pub async fn run_once(
     now: DateTime<Utc>,
     settle: Duration,
 ) -> Result<Outcome, RollupError> {
-    let end = (now - chrono::Duration::from_std(settle).unwrap_or_default()).timestamp_millis();
+    // Whole seconds: S3 stamps objects to the second, so a window never ends inside a second
+    // whose objects could still be stamped into it.
+    let end = (now - chrono::Duration::from_std(settle).unwrap_or_default()).timestamp() * 1000;
     // Record the window first, so that a run that dies is redone exactly.
     let state = update_json::<State>(store, layout::ROLLUP_STATE, |s| {
         if s.pending.is_some() || end <= s.watermark_ms {

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The receiver's figures, on this machine, with the release build:
+#   1. reports per second one `reporter receive` stores, on a local directory and on moto S3
+#      (64 concurrent clients on loopback, every report distinct);
+#   2. summary, clusters and dashboard latency over 90 days at the design point (100,000
+#      clusters of 3 replicas), cold (first request) and warm (p50/p99 of 50);
+#   3. rollup time for 50,000 reports of one day, and per day at 1.8 M reports.
+#
+#   scripts/bench-receiver.sh            # N=20000 reports for 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${N:-20000}"
+ROLL="${ROLL:-50000}"
+cache="${REPORTER_CACHE:-$HOME/.cache/usage-reporter}"
+cargo build --release --quiet --bin reporter --example receiver_bench
+bin=target/release/reporter
+bench=target/release/examples/receiver_bench
+work="$(mktemp -d "${TMPDIR:-/tmp}/reporter-bench.XXXXXX")"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+addr=""
+start_receiver() { # store arguments...
+  "$bin" receive --listen 127.0.0.1:0 --rate-limit 1e9 --rate-burst 1e9 --rollup-every 1h "$@" \
+    2>"$work/rx.log" &
+  pids+=($!)
+  addr=""
+  for _ in $(seq 1 200); do
+    addr="$(grep -o 'addr=[0-9.:]*' "$work/rx.log" | head -1 | cut -d= -f2 || true)"
+    [ -n "$addr" ] && return 0
+    sleep 0.05
+  done
+  echo "receiver did not start:"; cat "$work/rx.log"; exit 1
+}
+stop_receiver() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; }
+latency() { # url: "cold p50 p99" in ms
+  local cold
+  cold="$(curl -s -o /dev/null -w '%{time_total}' "$1")"
+  for _ in $(seq 1 50); do curl -s -o /dev/null -w '%{time_total}\n' "$1"; done | sort -n >"$work/lat"
+  awk -v cold="$cold" '{a[NR]=$1} END {printf "%.1f %.1f %.1f\n", cold*1000, a[int(NR*0.5)]*1000, a[int(NR*0.99)]*1000}' "$work/lat"
+}
+
+echo "| figure | value |"
+echo "|---|---|"
+start_receiver --store "$work/local"
+read -r rps failed < <("$bench" load "http://$addr/api/v1/reports" "$N" 64)
+echo "| reports stored per second, local directory ($N reports, $failed failed) | $rps |"
+stop_receiver
+
+if [ -x "$cache/venv/bin/moto_server" ]; then
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  "$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" && break; sleep 0.2; done
+  curl -s -X PUT "http://127.0.0.1:$port/bench" >/dev/null
+  start_receiver --store s3://bench/r --store-option "aws_endpoint=http://127.0.0.1:$port" \
+    --store-option aws_access_key_id=a --store-option aws_secret_access_key=b \
+    --store-option aws_region=us-east-1
+  read -r rps failed < <("$bench" load "http://$addr/api/v1/reports" "$((N / 4))" 64)
+  echo "| reports stored per second, moto S3 ($((N / 4)) reports, $failed failed) | $rps |"
+  stop_receiver
+else
+  echo "| reports stored per second, moto S3 | (moto not installed: run scripts/test.sh once) |"
+fi
+
+"$bench" design-point "$work/dp"
+start_receiver --store "$work/dp"
+read -r c50 p50 p99 < <(latency "http://$addr/api/v1/summary?days=90")
+echo "| /api/v1/summary?days=90 at the design point: cold, warm p50, warm p99 (ms) | $c50, $p50, $p99 |"
+read -r c50 p50 p99 < <(latency "http://$addr/api/v1/clusters?limit=500")
+echo "| /api/v1/clusters?limit=500 at the design point (ms) | $c50, $p50, $p99 |"
+read -r c50 p50 p99 < <(latency "http://$addr/")
+echo "| dashboard page (ms) | $c50, $p50, $p99 |"
+rss="$(awk '/VmRSS/ {print $2}' "/proc/${pids[-1]}/status")"
+echo "| receiver resident memory with the design point loaded | $((rss / 1024)) MiB |"
+stop_receiver
+
+"$bench" fill "$work/roll" "$ROLL"
+started="$(date +%s.%N)"
+"$bin" rollup --store "$work/roll" --settle 1ms >/dev/null
+ended="$(date +%s.%N)"
+python3 - "$started" "$ended" "$ROLL" <<'PY'
+import sys
+secs = float(sys.argv[2]) - float(sys.argv[1])
+n = int(sys.argv[3])
+print(f"| rollup of {n} reports of one day (s) | {secs:.2f} |")
+print(f"| rollup time per day at 1.8 M reports, extrapolated (min) | {secs * 1_800_000 / n / 60:.1f} |")
+PY
