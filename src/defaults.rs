@@ -24,6 +24,8 @@ pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_REPORT_AGE_INTERVALS: u32 = 6;
 /// `--retention`, in intervals.
 pub const RETENTION_INTERVALS: u32 = 2;
+/// Reports a delivery pass reads, POSTs and records at once.
+pub const DELIVERY_CONCURRENCY: usize = 32;
 /// How often CPU use is sampled for `cpu_usage`.
 pub const CPU_SAMPLE_PERIOD: Duration = Duration::from_secs(60);
 

@@ -20,11 +20,13 @@
 //! ages out. One bad object never stops the pass.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -54,6 +56,8 @@ pub struct DeliveryConfig {
     pub attempts: usize,
     /// The deadline of one POST, connection included (`--post-timeout`).
     pub request_timeout: Duration,
+    /// Reports a pass reads, POSTs and records at once.
+    pub concurrency: usize,
 }
 
 /// Whether this replica may act as leader at this instant, and in which term: asked before
@@ -180,8 +184,10 @@ enum Turn {
     Skipped,
     /// Delivered but not recorded yet: the pass goes on, and a retry pass is scheduled.
     Unrecorded,
-    /// The receiver, the store or leadership failed: the pass stops here.
+    /// The receiver, the store or leadership failed: the pass starts no other turn.
     Stop,
+    /// Not tried: an earlier turn failed, or shutdown came.
+    NotTried,
 }
 
 /// What the leader remembers between passes.
@@ -373,28 +379,43 @@ impl Delivery {
             out.rejected += 1;
         }
         let now = Utc::now();
-        for (slot, instance) in &listing.reports {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            if listing.delivered.contains(&(*slot, instance.clone())) {
-                continue;
-            }
-            match self
-                .turn(*slot, instance, now, leader, seed, shutdown)
-                .await
-            {
+        // Up to `concurrency` reports are read, POSTed and recorded at once, oldest first, so
+        // a pass takes about (reports / concurrency) round trips, and holds at most that many
+        // reports' bytes. Once one turn fails (the receiver, the store, leadership), no new one
+        // starts; those under way finish.
+        let failed = AtomicBool::new(false);
+        // Owned items: the futures borrow nothing from the listing's iterator.
+        let due: Vec<(DateTime<Utc>, String)> = listing
+            .reports
+            .iter()
+            .filter(|item| !listing.delivered.contains(item))
+            .cloned()
+            .collect();
+        let failed = &failed;
+        let mut turns = futures::stream::iter(due)
+            .map(|(slot, instance)| async move {
+                if failed.load(Ordering::Relaxed) || shutdown.is_cancelled() {
+                    return Turn::NotTried;
+                }
+                let turn = self
+                    .turn(slot, &instance, now, leader, seed, shutdown)
+                    .await;
+                if matches!(turn, Turn::Stop) {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                turn
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1));
+        while let Some(turn) = turns.next().await {
+            match turn {
                 Turn::Delivered => out.delivered += 1,
                 Turn::Dropped => out.dropped += 1,
                 Turn::Rejected => out.rejected += 1,
                 Turn::Skipped => {}
-                Turn::Unrecorded => out.pending += 1,
-                Turn::Stop => {
-                    out.pending += 1;
-                    break;
-                }
+                Turn::Unrecorded | Turn::Stop | Turn::NotTried => out.pending += 1,
             }
         }
+        drop(turns);
         self.clean_up(&listing, now).await;
         Ok(out)
     }
@@ -585,26 +606,39 @@ impl Delivery {
                 .is_ok_and(|age| age > self.cfg.retention)
         };
         let present: HashSet<&(DateTime<Utc>, String)> = listing.reports.iter().collect();
-        for item @ (slot, instance) in &listing.reports {
-            let recorded =
-                listing.delivered.contains(item) || self.memory().unrecorded.contains(item);
-            if recorded
-                && old(slot)
-                && self
+        let expired: Vec<(DateTime<Utc>, String)> = listing
+            .reports
+            .iter()
+            .filter(|item| {
+                old(&item.0)
+                    && (listing.delivered.contains(item) || self.memory().unrecorded.contains(item))
+            })
+            .cloned()
+            .collect();
+        futures::stream::iter(expired)
+            .for_each_concurrent(self.cfg.concurrency.max(1), |item| async move {
+                if self
                     .store
-                    .delete(&report_key(*slot, instance))
+                    .delete(&report_key(item.0, &item.1))
                     .await
                     .is_ok()
-            {
-                self.memory().unrecorded.remove(item);
-                let _ = self.store.delete(&record_key(*slot, instance)).await;
-            }
-        }
-        for item @ (slot, instance) in &listing.delivered {
-            if !present.contains(item) && old(slot) {
-                let _ = self.store.delete(&record_key(*slot, instance)).await;
-            }
-        }
+                {
+                    self.memory().unrecorded.remove(&item);
+                    let _ = self.store.delete(&record_key(item.0, &item.1)).await;
+                }
+            })
+            .await;
+        let orphans: Vec<(DateTime<Utc>, String)> = listing
+            .delivered
+            .iter()
+            .filter(|item| !present.contains(item) && old(&item.0))
+            .cloned()
+            .collect();
+        futures::stream::iter(orphans)
+            .for_each_concurrent(self.cfg.concurrency.max(1), |(slot, instance)| async move {
+                let _ = self.store.delete(&record_key(slot, &instance)).await;
+            })
+            .await;
     }
 
     /// POSTs one report, retrying with backoff while still leader. The same bytes every time.

@@ -307,6 +307,7 @@ impl Options {
                 .unwrap_or(self.interval * defaults::RETENTION_INTERVALS),
             attempts: 5,
             request_timeout: self.post_timeout,
+            concurrency: defaults::DELIVERY_CONCURRENCY,
         }
     }
 }
@@ -318,6 +319,7 @@ pub struct ReplicaBuilder {
     store: Option<Store>,
     registry: Option<Arc<Registry>>,
     build: BuildInfo,
+    endpoint: bool,
 }
 
 impl Default for ReplicaBuilder {
@@ -344,6 +346,7 @@ impl ReplicaBuilder {
             store: None,
             registry: None,
             build: BuildInfo::reporter(),
+            endpoint: true,
         }
     }
 
@@ -404,6 +407,14 @@ impl ReplicaBuilder {
         self
     }
 
+    /// Serves no HTTP endpoint: for running many replicas in one process (tests, benchmarks),
+    /// or for a service that mounts [`http::router`] in its own server. `local_addr` is then
+    /// the unspecified address.
+    pub fn without_endpoint(mut self) -> Self {
+        self.endpoint = false;
+        self
+    }
+
     /// The version block (default: the reporter's own build).
     pub fn build_info(mut self, build: BuildInfo) -> Self {
         self.build = build;
@@ -461,13 +472,20 @@ impl ReplicaBuilder {
             registry,
             o.metrics.clone(),
         ));
-        let router = http::router(Some(source.clone()), health.clone());
-        let (addr, http_task) = http::serve(o.listen, router, shutdown.clone())
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: o.listen,
-                source,
-            })?;
+        let mut tasks = Vec::new();
+        let addr = if self.endpoint {
+            let router = http::router(Some(source.clone()), health.clone());
+            let (addr, http_task) = http::serve(o.listen, router, shutdown.clone())
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: o.listen,
+                    source,
+                })?;
+            tasks.push(http_task);
+            addr
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
         tracing::info!(
             %addr,
             store = %store.describe(),
@@ -479,7 +497,6 @@ impl ReplicaBuilder {
             tracing::info!("no stats URL: reports are kept in the bucket only");
         }
 
-        let mut tasks = vec![http_task];
         tasks.push(tokio::spawn(tasks::sample_cpu(
             source.clone(),
             o.cpu_sample_period,

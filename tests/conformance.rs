@@ -318,6 +318,29 @@ async fn identity_survives_the_seed(b: Bucket) {
     assert_eq!(store.get(DEFAULT_SEED_NAME).await.unwrap().bytes, *a.raw());
 }
 
+/// Listing pages through more than 1,000 keys (S3 and Azure answer 1,000 and 5,000 a page).
+async fn listing_past_a_thousand_keys(b: Bucket) {
+    use futures::StreamExt;
+    let store = b.store();
+    let n = 1_050;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(32, |i| {
+            let store = store.clone();
+            async move {
+                let key = format!("usage/reports/{:020}/{:08}.json", i / 100, i);
+                store.create(&key, "x").await.unwrap();
+            }
+        })
+        .await;
+    let keys = store.list("usage/reports/").await.unwrap();
+    assert_eq!(keys.len(), n, "{}", b.name);
+    let distinct: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), n, "{}: a key listed twice", b.name);
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "{}: not sorted", b.name);
+}
+
 async fn delivery_end_to_end(b: Bucket) {
     if !b.multi_process() {
         return;
@@ -338,7 +361,8 @@ macro_rules! backend {
                 $make
             }
             backend!(@tests seed_race, corrupted_seed_repair, cas_no_lost_update, selftest_passes,
-                lease_handover_and_failover, identity_survives_the_seed, delivery_end_to_end);
+                lease_handover_and_failover, identity_survives_the_seed, listing_past_a_thousand_keys,
+                delivery_end_to_end);
         }
     )*};
     (@tests $($test:ident),*) => {$(
