@@ -1,10 +1,11 @@
 //! Measurements for `scripts/bench.sh`; see that script. Each prints one line of numbers.
 //!
 //! ```text
-//! scale_bench slot N STORE [KEY=VALUE...]   N replicas in this process deliver one slot to a
-//!                                           receiver here: seconds from the collect delay to
-//!                                           the last report, duplicates, missing, and the
-//!                                           leader's store requests per report
+//! scale_bench slot N STORE [KEY=VALUE...]   a `reporter run` leader and N - 1 replicas in this
+//!                                           process deliver one slot to a receiver here:
+//!                                           seconds from the collect delay to the last report,
+//!                                           duplicates, missing, the leader's store requests
+//!                                           per report and its peak resident MiB
 //! scale_bench seed N STORE [KEY=VALUE...]   N `reporter run` processes start at once: p50, p99
 //!                                           and max ms to the seed, and p50 ms to a listening
 //!                                           endpoint (the baseline)
@@ -67,13 +68,92 @@ async fn receiver() -> (String, Posts) {
     (url, posts)
 }
 
+/// Resident MiB of a process.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Sum of the store requests a `reporter run` at `addr` counted.
+async fn store_requests(addr: &str) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()
+        .map(|r| r.text());
+    let text = match text {
+        Some(t) => t.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    text.lines()
+        .filter(|l| l.starts_with("usage_reporter_store_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let (url, posts) = receiver().await;
     let store = usage_reporter::store::open(store_url, &opts).expect("store");
     let interval = Duration::from_secs(20);
     let collect = Duration::from_secs(2);
+    // The leader is a real `reporter run` process, started first so that it wins the lease,
+    // so that its memory and store requests are its own; the other n - 1 run in this process.
+    let bin = std::env::var("REPORTER_BIN").unwrap_or("target/release/reporter".into());
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--store", store_url]);
+    for (k, v) in &opts {
+        cmd.args(["--store-option", &format!("{k}={v}")]);
+    }
+    cmd.args([
+        "--interval",
+        "20s",
+        "--collect-delay",
+        "2s",
+        "--lease-ttl",
+        "60s",
+    ]);
+    cmd.args(["--retention", "1h", "--stats-url", &url]);
+    let mut leader = cmd
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn the leader");
+    let lines = BufReader::new(leader.stderr.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(a) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+            {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("leader started");
+    loop {
+        let text = reqwest::get(format!("http://{addr}/metrics")).await;
+        if let Ok(r) = text {
+            if r.text()
+                .await
+                .unwrap_or_default()
+                .contains("usage_reporter_leader 1")
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut replicas = Vec::new();
-    for _ in 0..n {
+    for _ in 1..n {
         replicas.push(
             ReplicaBuilder::new()
                 .with_store(store.clone())
@@ -89,16 +169,15 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
                 .expect("replica"),
         );
     }
-    // The first slot that starts after every replica knows the seed.
     let seed = loop {
-        if let Some(seed) = replicas.iter().filter_map(|r| r.source()?.seed()).next() {
-            if replicas.iter().all(|r| r.health().seed_known()) {
-                break seed;
-            }
+        let known = replicas.iter().all(|r| r.health().seed_known());
+        if let (true, Some(seed)) = (known, replicas.iter().find_map(|r| r.source()?.seed())) {
+            break seed;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let created = seed.created_at();
+    // The first slot that starts after every replica knows the seed.
     let target = slots::next_slot(
         &created,
         Utc::now() + chrono::Duration::seconds(1),
@@ -109,20 +188,20 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let slot_text = usage_reporter::timefmt::rfc3339_nano(&usage_reporter::timefmt::in_zone_of(
         target, &created,
     ));
-    // The leader's requests from just before the pass to its end, per report.
     let before_due = (due - Utc::now() - chrono::Duration::milliseconds(300))
         .to_std()
         .unwrap_or_default();
     tokio::time::sleep(before_due).await;
-    let totals = |rs: &[usage_reporter::Replica]| -> Vec<u64> {
-        rs.iter()
-            .map(|r| r.health().store_requests_total())
-            .collect()
-    };
-    let before = totals(&replicas);
+    let before = store_requests(&addr).await;
+    let before_inproc: Vec<u64> = replicas
+        .iter()
+        .map(|r| r.health().store_requests_total())
+        .collect();
     let due_at = Instant::now() + (due - Utc::now()).to_std().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut peak: f64 = 0.0;
     loop {
+        peak = peak.max(rss_mib(leader.id()));
         let n_slot = posts
             .lock()
             .unwrap()
@@ -134,8 +213,16 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let after = totals(&replicas);
-    let leader = replicas.iter().position(|r| r.health().is_leader());
+    let mut after = store_requests(&addr).await;
+    let mut before = before;
+    // Should the lease have moved to a replica in this process, count that one's requests.
+    if after == before {
+        if let Some(i) = replicas.iter().position(|r| r.health().is_leader()) {
+            eprintln!("the lease moved into the benchmark process; counting replica {i}");
+            before = before_inproc[i];
+            after = replicas[i].health().store_requests_total();
+        }
+    }
     let posts = posts.lock().unwrap().clone();
     let of_slot: Vec<_> = posts
         .iter()
@@ -145,12 +232,11 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let distinct: HashSet<&String> = of_slot.iter().map(|(_, k)| k).collect();
     let duplicates = of_slot.len() - distinct.len();
     let missing = n.saturating_sub(distinct.len());
-    let per_report = leader
-        .map(|i| (after[i] - before[i]) as f64 / n as f64)
-        .unwrap_or(f64::NAN);
+    let per_report = after.saturating_sub(before) as f64 / n as f64;
     let seconds = last.saturating_duration_since(due_at).as_secs_f64();
-    let rss = memory_stats::memory_stats().map_or(0, |m| m.physical_mem) / (1 << 20);
-    println!("{seconds:.2} {duplicates} {missing} {per_report:.2} {rss}");
+    println!("{seconds:.2} {duplicates} {missing} {per_report:.2} {peak:.1}");
+    let _ = leader.kill();
+    let _ = leader.wait();
     for r in replicas {
         r.shutdown().await;
     }

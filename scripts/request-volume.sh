@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bin=target/release/reporter
 dir="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 args=(--store "$dir/bucket" --interval 144s --lease-ttl 3s --collect-delay 600ms --seed-check 9s)
 for i in 1 2 3; do
   "$bin" run --listen 127.0.0.1:0 "${args[@]}" 2>"$dir/log$i" &

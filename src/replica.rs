@@ -429,14 +429,20 @@ impl ReplicaBuilder {
         let shutdown = CancellationToken::new();
         let (fatal_tx, fatal_rx) = watch::channel(None);
 
+        let serve = |source: Option<Arc<ReportSource>>| {
+            let router = http::router(source, health.clone());
+            let (listen, shutdown) = (o.listen, shutdown.clone());
+            async move {
+                http::serve(listen, router, shutdown)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: listen,
+                        source,
+                    })
+            }
+        };
         if !o.reporting_enabled {
-            let router = http::router(None, health.clone());
-            let (addr, http_task) = http::serve(o.listen, router, shutdown.clone())
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: o.listen,
-                    source,
-                })?;
+            let (addr, http_task) = serve(None).await?;
             tracing::info!(
                 %addr,
                 "replica started with usage reporting disabled: endpoint only, no store, no network"
@@ -474,13 +480,7 @@ impl ReplicaBuilder {
         ));
         let mut tasks = Vec::new();
         let addr = if self.endpoint {
-            let router = http::router(Some(source.clone()), health.clone());
-            let (addr, http_task) = http::serve(o.listen, router, shutdown.clone())
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: o.listen,
-                    source,
-                })?;
+            let (addr, http_task) = serve(Some(source.clone())).await?;
             tasks.push(http_task);
             addr
         } else {
