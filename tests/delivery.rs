@@ -168,7 +168,9 @@ async fn killing_the_leader_loses_no_slot_and_repeats_at_most_once_per_kill() {
         counts.values().all(|c| *c <= 2),
         "a report sent three times: {counts:?}"
     );
-    assert!(repeats <= kills, "{repeats} repeats for {kills} kills");
+    // A pass has up to 32 reports in flight at once: a leader killed between their POSTs and
+    // their records may cause each of them (here at most the 3 of a slot) one repeat.
+    assert!(repeats <= kills * 3, "{repeats} repeats for {kills} kills");
     // No slot lost: every report kept in the bucket, even by replicas killed after keeping it,
     // was delivered except those of the last slots still within their collect delay.
     let kept = kept_reports(&bucket);
@@ -367,10 +369,14 @@ async fn a_paused_leader_does_not_act_when_it_resumes() {
         *counts.entry(key(&p)).or_default() += 1;
     }
     let repeats: usize = counts.values().map(|c| c - 1).sum();
-    // A process stopped exactly between its leadership check and its POST may repeat that one
-    // report; nothing else may.
+    // A process stopped exactly between its leadership check and its POSTs may repeat the
+    // reports it had in flight (at most the 3 of a slot here), once each; nothing else may.
     assert!(
-        repeats <= pauses,
+        counts.values().all(|c| *c <= 2),
+        "a report sent three times: {counts:?}"
+    );
+    assert!(
+        repeats <= pauses * 3,
         "{repeats} repeats for {pauses} pauses: {counts:?}"
     );
     for p in &procs {
