@@ -456,6 +456,11 @@ impl Backend for LocalDir {
 mod tests {
     use super::*;
 
+    async fn keys(store: &LocalDir, prefix: &str) -> Vec<String> {
+        let entries = store.list(prefix).await.unwrap();
+        entries.into_iter().map(|e| e.key).collect()
+    }
+
     #[tokio::test]
     async fn delete_leaves_no_empty_directories_and_create_recreates_them() {
         let tmp = tempfile::tempdir().unwrap();
@@ -481,14 +486,10 @@ mod tests {
             .create("usage/reports/2/a.json", Bytes::from("z"))
             .await
             .unwrap();
-        let listed: Vec<_> = store
-            .list("usage/reports/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(listed, ["usage/reports/2/a.json"]);
+        assert_eq!(
+            keys(&store, "usage/reports/").await,
+            ["usage/reports/2/a.json"]
+        );
         // Deleting what is not there is no error, as on every object store.
         store.delete("usage/reports/9/none.json").await.unwrap();
     }
@@ -563,13 +564,6 @@ mod tests {
             Err(StoreError::TooLarge { .. })
         ));
         // No temporary or lock file is listed.
-        let listed: Vec<_> = store
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(listed, ["k"]);
+        assert_eq!(keys(&store, "").await, ["k"]);
     }
 }
