@@ -91,14 +91,9 @@ pub struct ReceiverStoreArgs {
     /// The receiver's bucket: the same URLs as `run --store`.
     #[arg(long, env = "REPORTER_STORE", default_value = crate::receiver::defaults::STORE)]
     pub store: String,
-    /// A store client option (repeatable), as for `run`.
-    #[arg(
-        long = "store-option",
-        env = "REPORTER_STORE_OPTION",
-        value_name = "KEY=VALUE",
-        value_parser = parse_store_option
-    )]
-    pub store_options: Vec<(String, String)>,
+    /// Store client options.
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 /// The arguments of `receive`.
@@ -144,7 +139,7 @@ impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
     fn from(a: ReceiveArgs) -> Self {
         crate::receiver::ReceiverOptions {
             store: a.store.store,
-            store_options: a.store.store_options,
+            store_options: a.store.client.store_options,
             listen: a.listen,
             read_token: a.read_token.filter(|t| !t.is_empty()),
             rollup_every: a.rollup_every.0,
@@ -176,6 +171,14 @@ pub struct StoreArgs {
     /// gs://bucket/prefix or az://container/prefix.
     #[arg(long, env = "REPORTER_STORE", default_value = defaults::STORE)]
     pub store: String,
+    /// Store client options.
+    #[command(flatten)]
+    pub client: ClientOptions,
+}
+
+/// `--store-option`, shared by every command that opens a store.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
     /// A store client option (repeatable), such as aws_endpoint=http://127.0.0.1:9000 or
     /// azure_storage_use_emulator=true. Credentials also come from AWS_*, GOOGLE_*, AZURE_*.
     /// Values may contain commas (JSON keys do), so REPORTER_STORE_OPTION holds one option.
@@ -266,7 +269,7 @@ impl From<RunArgs> for Options {
     fn from(a: RunArgs) -> Options {
         Options {
             store: a.store.store,
-            store_options: a.store.store_options,
+            store_options: a.store.client.store_options,
             listen: a.listen,
             target: a.target,
             stats_url: a.stats_url,

@@ -123,7 +123,7 @@ async fn receive(args: ReceiveArgs) -> Result<(), Failure> {
 }
 
 async fn rollup(args: RollupArgs) -> Result<(), Failure> {
-    let store = store::open(&args.store.store, &args.store.store_options)
+    let store = store::open(&args.store.store, &args.store.client.store_options)
         .map_err(|e| Failure(2, format!("--store: {e}")))?;
     let out = rollup::run_once(&store, chrono::Utc::now(), args.settle.0)
         .await
@@ -186,7 +186,7 @@ fn init_logs(cli: &Cli) {
 }
 
 fn open_store(args: &StoreArgs) -> Result<Store, Failure> {
-    store::open(&args.store, &args.store_options).map_err(|e| {
+    store::open(&args.store, &args.client.store_options).map_err(|e| {
         let flag = if e.about_an_option() {
             "--store-option"
         } else {

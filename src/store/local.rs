@@ -271,29 +271,48 @@ fn write_temp(key: &str, target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreEr
     }
 }
 
-#[async_trait]
-impl Backend for LocalDir {
-    async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
+impl LocalDir {
+    /// Runs `f(key, path)` on the blocking pool, once the key's path is known to pass through
+    /// no link below the root.
+    async fn at<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&str, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let path = self.path_of(key)?;
         let root = self.root.clone();
         let k = key.to_string();
         blocking(key, move || {
             no_links_below(&root, &k, &path)?;
-            read_limited(&k, &path, limit)
+            f(&k, &path)
         })
         .await
     }
+}
+
+/// Writes `bytes` to a temporary file and renames it over `path`, in one atomic step.
+fn replace(key: &str, path: &Path, bytes: &[u8]) -> Result<Version, StoreError> {
+    let temp = write_temp(key, path, bytes)?;
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(map_io(key, e));
+    }
+    Ok(tagged(bytes))
+}
+
+#[async_trait]
+impl Backend for LocalDir {
+    async fn get(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
+        self.at(key, move |k, path| read_limited(k, path, limit))
+            .await
+    }
 
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
-        let path = self.path_of(key)?;
-        let root = self.root.clone();
-        let k = key.to_string();
-        blocking(key, move || {
-            no_links_below(&root, &k, &path)?;
-            let temp = write_temp(&k, &path, &bytes)?;
-            let linked = fs::hard_link(&temp, &path);
+        self.at(key, move |k, path| {
+            let temp = write_temp(k, path, &bytes)?;
+            let linked = fs::hard_link(&temp, path);
             let _ = fs::remove_file(&temp);
-            linked.map_err(|e| map_io(&k, e))?;
+            linked.map_err(|e| map_io(k, e))?;
             Ok(tagged(&bytes))
         })
         .await
@@ -305,58 +324,38 @@ impl Backend for LocalDir {
         bytes: Bytes,
         expected: &Version,
     ) -> Result<Version, StoreError> {
-        let path = self.path_of(key)?;
-        let root = self.root.clone();
         let lock_path = self.root.join(LOCK_FILE);
-        let k = key.to_string();
         let expected = expected.clone();
-        blocking(key, move || {
-            no_links_below(&root, &k, &path)?;
+        self.at(key, move |k, path| {
             fs::create_dir_all(lock_path.parent().unwrap_or(Path::new("/")))
-                .map_err(|e| map_io(&k, e))?;
+                .map_err(|e| map_io(k, e))?;
             let lock = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&lock_path)
-                .map_err(|e| map_io(&k, e))?;
-            lock.lock().map_err(|e| map_io(&k, e))?;
-            let current = match read_limited(&k, &path, 0) {
+                .map_err(|e| map_io(k, e))?;
+            lock.lock().map_err(|e| map_io(k, e))?;
+            let current = match read_limited(k, path, 0) {
                 Ok(current) => current.version,
                 Err(StoreError::TooLarge { version, .. }) => version,
                 Err(StoreError::NotFound { .. }) => {
-                    return Err(StoreError::Precondition { key: k });
+                    return Err(StoreError::Precondition { key: k.to_string() });
                 }
                 Err(e) => return Err(e),
             };
             if current.e_tag != expected.e_tag {
-                return Err(StoreError::Precondition { key: k });
+                return Err(StoreError::Precondition { key: k.to_string() });
             }
-            let temp = write_temp(&k, &path, &bytes)?;
-            if let Err(e) = fs::rename(&temp, &path) {
-                let _ = fs::remove_file(&temp);
-                return Err(map_io(&k, e));
-            }
+            let version = replace(k, path, &bytes)?;
             drop(lock);
-            Ok(tagged(&bytes))
+            Ok(version)
         })
         .await
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
-        let path = self.path_of(key)?;
-        let root = self.root.clone();
-        let k = key.to_string();
-        blocking(key, move || {
-            no_links_below(&root, &k, &path)?;
-            let temp = write_temp(&k, &path, &bytes)?;
-            if let Err(e) = fs::rename(&temp, &path) {
-                let _ = fs::remove_file(&temp);
-                return Err(map_io(&k, e));
-            }
-            Ok(tagged(&bytes))
-        })
-        .await
+        self.at(key, move |k, path| replace(k, path, &bytes)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
@@ -423,15 +422,12 @@ impl Backend for LocalDir {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let path = self.path_of(key)?;
-        let k = key.to_string();
         let root = self.root.clone();
-        blocking(key, move || {
-            no_links_below(&root, &k, &path)?;
-            match fs::remove_file(&path) {
+        self.at(key, move |k, path| {
+            match fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(map_io(&k, e)),
+                Err(e) => return Err(map_io(k, e)),
             }
             // Object stores have no directories: do not leave empty ones behind either (one per
             // slot would pile up). `remove_dir` fails, harmlessly, on one that is not empty.
