@@ -11,27 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-20000}"
 ROLL="${ROLL:-50000}"
-cache="${REPORTER_CACHE:-$HOME/.cache/usage-reporter}"
 cargo build --release --quiet --bin reporter --example receiver_bench
 bin=target/release/reporter
 bench=target/release/examples/receiver_bench
-work="$(mktemp -d "${TMPDIR:-/tmp}/reporter-bench.XXXXXX")"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. scripts/bench-lib.sh
 
 addr=""
 start_receiver() { # store arguments...
   "$bin" receive --listen 127.0.0.1:0 --rate-limit 1e9 --rate-burst 1e9 --rollup-every 1h "$@" \
     2>"$work/rx.log" &
   pids+=($!)
-  addr=""
-  for _ in $(seq 1 200); do
-    addr="$(grep -o 'addr=[0-9.:]*' "$work/rx.log" | head -1 | cut -d= -f2 || true)"
-    [ -n "$addr" ] && return 0
-    sleep 0.05
-  done
-  echo "receiver did not start:"; cat "$work/rx.log"; exit 1
+  addr="$(addr_of "$work/rx.log")"
 }
 stop_receiver() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; }
 latency() { # url: "cold p50 p99" in ms
@@ -48,15 +38,11 @@ read -r rps failed < <("$bench" load "http://$addr/api/v1/reports" "$N" 64)
 echo "| reports stored per second, local directory ($N reports, $failed failed) | $rps |"
 stop_receiver
 
-if [ -x "$cache/venv/bin/moto_server" ]; then
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  "$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" && break; sleep 0.2; done
-  curl -s -X PUT "http://127.0.0.1:$port/bench" >/dev/null
-  start_receiver --store s3://bench/r --store-option "aws_endpoint=http://127.0.0.1:$port" \
-    --store-option aws_access_key_id=a --store-option aws_secret_access_key=b \
-    --store-option aws_region=us-east-1
+start_moto
+if [ ${#moto[@]} -gt 0 ]; then
+  flags=()
+  for o in "${moto[@]}"; do flags+=(--store-option "$o"); done
+  start_receiver --store s3://bench/r "${flags[@]}"
   read -r rps failed < <("$bench" load "http://$addr/api/v1/reports" "$((N / 4))" 64)
   echo "| reports stored per second, moto S3 ($((N / 4)) reports, $failed failed) | $rps |"
   stop_receiver

@@ -6,36 +6,14 @@
 #   scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cache="${REPORTER_CACHE:-$HOME/.cache/usage-reporter}"
 cargo build --release --quiet --bin reporter --example scale_bench --example receiver_bench
 bin=target/release/reporter
 scale=target/release/examples/scale_bench
 load=target/release/examples/receiver_bench
-work="$(mktemp -d "${TMPDIR:-/tmp}/reporter-bench.XXXXXX")"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. scripts/bench-lib.sh
 row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4"; }
 log() { printf '[bench] %s\n' "$*" >&2; }
-addr_of() { # log file
-  for _ in $(seq 1 200); do
-    a="$(grep -o 'addr=[0-9.:]*' "$1" | head -1 | cut -d= -f2 || true)"
-    [ -n "$a" ] && { echo "$a"; return 0; }
-    sleep 0.05
-  done
-  return 1
-}
-
-moto=()
-if [ -x "$cache/venv/bin/moto_server" ]; then
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  "$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" && break; sleep 0.2; done
-  curl -s -X PUT "http://127.0.0.1:$port/bench" >/dev/null
-  moto=("aws_endpoint=http://127.0.0.1:$port" aws_access_key_id=a aws_secret_access_key=b aws_region=us-east-1)
-fi
-moto_flags() { for o in "${moto[@]}"; do printf -- '--store-option\n%s\n' "$o"; done; }
+start_moto
 
 echo "| figure | value | baseline (same run) | goal |"
 echo "|---|---|---|---|"

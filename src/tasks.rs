@@ -209,15 +209,7 @@ async fn guard_seed(
                     replaced = %younger,
                     "the bucket held a younger cluster ID; wrote back the older one, which every replica adopts at its next check"
                 ),
-                CheckOutcome::Adopt(older) => {
-                    tracing::warn!(
-                        from = known.uid(),
-                        to = older.uid(),
-                        "this replica's cluster ID changes to the older one in the bucket: two identities met after the bucket was wiped, and the older wins"
-                    );
-                    source.set_seed(older.clone());
-                    identity.send_replace(older);
-                }
+                CheckOutcome::Adopt(older) => adopt(&source, &identity, older),
                 CheckOutcome::Intact | CheckOutcome::Failed(_) => {}
             }
             break;
@@ -228,6 +220,17 @@ async fn guard_seed(
 /// How long to sleep at most before looking at the wall clock again, so a clock jump or a
 /// suspended host neither skips nor doubles a slot.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// Switches this replica to an older identity, once: reports and every task follow it.
+fn adopt(source: &ReportSource, identity: &watch::Sender<Seed>, older: Seed) {
+    tracing::warn!(
+        from = identity.borrow().uid(),
+        to = older.uid(),
+        "this replica's cluster ID changes to the older one in the bucket: two identities met after the bucket was wiped, and the older wins"
+    );
+    source.set_seed(older.clone());
+    identity.send_replace(older);
+}
 
 /// Where frozen reports go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,13 +294,7 @@ async fn read_only(
             if let Ok(ReadOutcome::Valid(bucket)) = keeper.read().await {
                 let known = identity.borrow().clone();
                 if bucket.uid() != known.uid() && bucket.precedes(&known) {
-                    tracing::warn!(
-                        from = known.uid(),
-                        to = bucket.uid(),
-                        "this replica's cluster ID changes to the older one in the bucket"
-                    );
-                    source.set_seed(bucket.clone());
-                    identity.send_replace(bucket);
+                    adopt(&source, &identity, bucket);
                 }
             }
         }

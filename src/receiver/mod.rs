@@ -350,6 +350,19 @@ fn authorized(app: &App, headers: &HeaderMap) -> bool {
     same
 }
 
+/// The read token, checked once for every read route.
+async fn require_token(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&app, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
@@ -422,14 +435,7 @@ struct SummaryQuery {
     days: Option<i64>,
 }
 
-async fn summary(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<SummaryQuery>,
-) -> Response {
-    if !authorized(&app, &headers) {
-        return unauthorized();
-    }
+async fn summary(State(app): State<App>, Query(q): Query<SummaryQuery>) -> Response {
     let n = q.days.unwrap_or(30).clamp(1, MAX_DAYS);
     let (days, clusters, _) = match summaries(&app, n).await {
         Ok(s) => s,
@@ -491,14 +497,7 @@ struct ClustersQuery {
     limit: Option<usize>,
 }
 
-async fn clusters(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<ClustersQuery>,
-) -> Response {
-    if !authorized(&app, &headers) {
-        return unauthorized();
-    }
+async fn clusters(State(app): State<App>, Query(q): Query<ClustersQuery>) -> Response {
     let (_, clusters, order) = match summaries(&app, 1).await {
         Ok(s) => s,
         Err(e) => {
@@ -519,10 +518,7 @@ async fn clusters(
 /// The dashboard: one self-contained page, no CDN, charts drawn as SVG by its own script.
 pub const DASHBOARD: &str = include_str!("dashboard.html");
 
-async fn dashboard(State(app): State<App>, headers: HeaderMap) -> Response {
-    if !authorized(&app, &headers) {
-        return unauthorized();
-    }
+async fn dashboard() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -555,14 +551,21 @@ async fn over_cap() -> Response {
 }
 
 fn router(app: App) -> Router {
+    // Reads may need the token; POSTs, metrics and health never do.
+    let reads = Router::new()
+        .route("/api/v1/summary", get(summary))
+        .route("/api/v1/clusters", get(clusters))
+        .route("/", get(dashboard))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ));
     Router::new()
+        .merge(reads)
         .route(
             "/api/v1/reports",
             post(receive).layer(DefaultBodyLimit::max(intake::MAX_BODY_BYTES)),
         )
-        .route("/api/v1/summary", get(summary))
-        .route("/api/v1/clusters", get(clusters))
-        .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::map_response(
