@@ -92,7 +92,7 @@ async fn fill(dir: String, n: usize) {
                         Utc::now(),
                     )
                     .expect("valid");
-                    let key = layout::received_key(
+                    let key = layout::inbox_key(
                         &received.cluster_id,
                         received.slot(),
                         &received.instance_key(),
@@ -128,6 +128,8 @@ fn design_point(dir: &str) {
                 instances: 3,
                 reports: 90 * 18,
                 last_interval: format!("{}T20:00:00Z", today.format("%Y-%m-%d")),
+                signed: true,
+                instance_ids: true,
             },
         );
     }

@@ -83,6 +83,30 @@ pub enum Command {
     Receive(Box<ReceiveArgs>),
     /// Roll up what receivers stored, once, and exit.
     Rollup(RollupArgs),
+    /// Remove everything a receiver holds of one cluster: raw reports, Parquet rows, summary
+    /// entries, its pinned key.
+    Forget(ForgetArgs),
+}
+
+/// The arguments of `forget`.
+#[derive(Debug, Clone, Args)]
+pub struct ForgetArgs {
+    /// Where the bucket is.
+    #[command(flatten)]
+    pub store: ReceiverStoreArgs,
+    /// The cluster ID to forget.
+    #[arg(long, value_parser = parse_cluster_id)]
+    pub cluster: String,
+    /// How long to wait for the rollup leader (or for the lease, with no receiver running) to
+    /// carry it out; the request stays in the bucket past it.
+    #[arg(long, env = "REPORTER_WAIT", default_value = "10m")]
+    pub wait: Dur,
+}
+
+fn parse_cluster_id(s: &str) -> Result<String, String> {
+    uuid::Uuid::parse_str(s)
+        .map(|u| u.to_string())
+        .map_err(|_| format!("{s:?} is not a cluster ID (a UUID)"))
 }
 
 /// Where the receiver's bucket is.
@@ -119,9 +143,34 @@ pub struct ReceiveArgs {
     /// of many replicas sends them together).
     #[arg(long, env = "REPORTER_RATE_BURST", default_value_t = crate::receiver::defaults::BURST)]
     pub rate_burst: f64,
-    /// How long an arrival is left to settle before it is rolled up.
+    /// How long a stored report waits before a rollup takes it (batches bursts; nothing depends
+    /// on it).
     #[arg(long, env = "REPORTER_SETTLE", default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
     pub settle: Dur,
+    /// A load balancer or proxy (CIDR or address; repeatable, or comma-separated in the
+    /// variable) whose X-Forwarded-For / Forwarded header is believed. Others' are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "REPORTER_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// Connections at once; past 3/4 of it idle connections are closed early.
+    #[arg(long, env = "REPORTER_MAX_CONNECTIONS", default_value_t = crate::receiver::defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections at once from one client (its /24 or /48); trusted proxies are exempt.
+    #[arg(long, env = "REPORTER_MAX_CLIENT_CONNECTIONS", default_value_t = crate::receiver::defaults::MAX_CLIENT_CONNECTIONS)]
+    pub max_client_connections: usize,
+    /// Once its headers are in (within 5s), a request's body must arrive within this.
+    #[arg(long, env = "REPORTER_REQUEST_TIMEOUT", default_value_t = Dur(crate::receiver::defaults::REQUEST_TIMEOUT))]
+    pub request_timeout: Dur,
+    /// Distinct instances one cluster may report unsigned for one slot.
+    #[arg(long, env = "REPORTER_MAX_INSTANCES", default_value_t = crate::receiver::defaults::MAX_INSTANCES)]
+    pub max_instances: usize,
+    /// Remove raw received reports of slot days older than this (at least 8d); Parquet rollups
+    /// and summaries are kept. Unset: kept for ever.
+    #[arg(long, env = "REPORTER_RETENTION")]
+    pub retention: Option<Dur>,
 }
 
 /// The arguments of `rollup`.
@@ -130,7 +179,7 @@ pub struct RollupArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: ReceiverStoreArgs,
-    /// How long an arrival is left to settle before it is rolled up.
+    /// How long a stored report waits before a rollup takes it.
     #[arg(long, env = "REPORTER_SETTLE", default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
     pub settle: Dur,
 }
@@ -146,6 +195,12 @@ impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
             settle: a.settle.0,
             rate_limit: a.rate_limit,
             rate_burst: a.rate_burst,
+            trusted_proxies: a.trusted_proxies,
+            max_connections: a.max_connections,
+            max_client_connections: a.max_client_connections,
+            request_timeout: a.request_timeout.0,
+            max_instances: a.max_instances,
+            retention: a.retention.map(|d| d.0),
         }
     }
 }

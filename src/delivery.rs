@@ -18,6 +18,9 @@
 //! an oversized object, a link, a key that is not ours) is logged once, counted and removed; a
 //! valid report of another cluster ID (left from a fork being healed) is held, unsent, until it
 //! ages out. One bad object never stops the pass.
+//!
+//! Every POST is signed with the cluster's key ([`crate::signing`]), read from the bucket (and
+//! created there by a writer the first time); while it cannot be read, reports go unsigned.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +35,11 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::health::Health;
-use crate::layout::{parse_key, record_key, report_key, DELIVERED, REPORTS};
+use crate::layout::{parse_key, record_key, report_key, DELIVERED, REPORTS, SIGNING_KEY};
 use crate::report::{Report, MAX_REPORT_BYTES};
 use crate::retry::{backoff, sleep_or_stop, StateLog};
 use crate::seed::Seed;
+use crate::signing::ClusterKey;
 use crate::store::{Store, StoreError};
 use crate::timefmt;
 
@@ -199,6 +203,8 @@ struct Memory {
     noted: HashSet<String>,
     /// Whether writing records is failing, so that it is logged once.
     records: StateLog,
+    /// Whether reading the signing key is failing, so that it is logged once.
+    signing: StateLog,
 }
 
 /// Keeps reports in the bucket and, for the leader, delivers them.
@@ -209,6 +215,8 @@ pub struct Delivery {
     health: Arc<Health>,
     client: reqwest::Client,
     memory: Arc<Mutex<Memory>>,
+    /// The cluster's signing key, once read; read again until it is.
+    key: Arc<tokio::sync::OnceCell<ClusterKey>>,
 }
 
 /// A listing of the reports and records in the bucket.
@@ -241,6 +249,7 @@ impl Delivery {
             health,
             client,
             memory: Arc::default(),
+            key: Arc::default(),
         })
     }
 
@@ -340,7 +349,7 @@ impl Delivery {
         );
         loop {
             match self
-                .post(url, bytes.clone(), &key, &|| Some(0), shutdown)
+                .post(url, bytes.clone(), &key, &|| Some(0), shutdown, false)
                 .await
             {
                 Ok(latency) => {
@@ -534,7 +543,7 @@ impl Delivery {
             }
         };
         match self
-            .post(url, bytes, &idempotency_key, leader, shutdown)
+            .post(url, bytes, &idempotency_key, leader, shutdown, true)
             .await
         {
             Ok(latency) => {
@@ -641,7 +650,52 @@ impl Delivery {
             .await;
     }
 
-    /// POSTs one report, retrying with backoff while still leader. The same bytes every time.
+    /// The cluster's signing key: read from the bucket, created there first if `create` (a
+    /// replica that can write), `None` while neither works (logged once, then its end).
+    async fn signing_key(&self, create: bool) -> Option<ClusterKey> {
+        let got = self
+            .key
+            .get_or_try_init(|| async {
+                match self.store.get(SIGNING_KEY).await {
+                    Ok(obj) => ClusterKey::parse(&obj.bytes).map_err(|e| e.to_string()),
+                    Err(StoreError::NotFound { .. }) if create => {
+                        let key = ClusterKey::generate().map_err(|e| e.to_string())?;
+                        match self.store.create(SIGNING_KEY, key.to_object()).await {
+                            Ok(_) => Ok(key),
+                            Err(StoreError::AlreadyExists { .. }) => {
+                                let obj = self
+                                    .store
+                                    .get(SIGNING_KEY)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                                ClusterKey::parse(&obj.bytes).map_err(|e| e.to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await;
+        let mut memory = self.memory();
+        match got {
+            Ok(key) => {
+                if memory.signing.recovered() {
+                    tracing::info!("signing key read: reports are signed again");
+                }
+                Some(key.clone())
+            }
+            Err(e) => {
+                if memory.signing.failing(e.clone()) {
+                    tracing::warn!(key = SIGNING_KEY, error = %e, "cannot read the cluster's signing key: reports go unsigned, and a receiver that pinned this cluster's key refuses them; restore the object if it was damaged");
+                }
+                None
+            }
+        }
+    }
+
+    /// POSTs one report, retrying with backoff while still leader. The same bytes every time,
+    /// signed if the key can be read (created if `create_key` and there is none yet).
     async fn post(
         &self,
         url: &Url,
@@ -649,8 +703,10 @@ impl Delivery {
         idempotency_key: &str,
         leader: &Term<'_>,
         shutdown: &CancellationToken,
+        create_key: bool,
     ) -> Result<Duration, PostError> {
         let started = Instant::now();
+        let signature = self.signing_key(create_key).await.map(|k| k.header(&body));
         // Retries scale with the interval: 500 ms to 30 s at hours, faster for short slots.
         let mut delays = backoff(
             Duration::from_millis(500).min(self.cfg.interval / 10),
@@ -667,14 +723,15 @@ impl Delivery {
             if leader().is_none() {
                 return Err(PostError::NotLeader);
             }
-            let result = self
+            let mut request = self
                 .client
                 .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("Idempotency-Key", idempotency_key)
-                .body(body.clone())
-                .send()
-                .await;
+                .header("Idempotency-Key", idempotency_key);
+            if let Some(signature) = &signature {
+                request = request.header(crate::signing::HEADER, signature);
+            }
+            let result = request.body(body.clone()).send().await;
             last = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(started.elapsed()),
                 Ok(resp) if resp.status().is_redirection() => PostError::Redirect(resp.status()),

@@ -6,14 +6,19 @@
 //! - `GET /healthz`: 200 while the process serves. `GET /ready`: 200 once the seed is known and
 //!   the store answered recently, 503 with the reason otherwise.
 //!
-//! The endpoint is bounded, so idle or slow clients cannot take memory or file descriptors from
-//! the replica's real work (the store, the lease): at most [`MAX_CONNECTIONS`] at once (past
-//! that, new ones wait in the kernel's backlog, costing the process nothing), request headers
-//! within [`HEADER_READ_TIMEOUT`] (also between requests on a kept-alive connection), and a
-//! connection closes gracefully once it is [`MAX_CONNECTION_AGE`] old.
+//! [`serve`] is the server of both the replica's endpoint and the receiver, bounded by
+//! [`Limits`] so that idle or slow clients cannot take memory or file descriptors from the real
+//! work, nor keep a legitimate request waiting: a cap on connections overall (idle ones closed
+//! early when busy; past the cap, new ones wait in the kernel's backlog, costing the process
+//! nothing) and per client, request headers within [`HEADER_READ_TIMEOUT`] (also between
+//! requests on a kept-alive connection), the body and answer within
+//! [`Limits::request_timeout`], and a connection closed gracefully once it is
+//! [`MAX_CONNECTION_AGE`] old.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -24,12 +29,13 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::health::Health;
+use crate::net::Cidr;
 use crate::report::ReportSource;
 
 /// What the endpoint says with reporting disabled, as Tempo says it.
@@ -94,37 +100,232 @@ pub fn router(source: Option<Arc<ReportSource>>, health: Arc<Health>) -> Router 
         .with_state(AppState { source, health })
 }
 
-/// Connections served at once.
+/// How a server bounds its clients, so that idle, slow or many connections cannot keep a
+/// legitimate request waiting.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections at once. Past three quarters of it, idle connections (kept alive between
+    /// requests, or not yet past their headers) are closed, oldest first, down to half; at it,
+    /// new connections wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Connections at once from one client (its /24 or /48, see [`crate::net::client_group`]);
+    /// past it, a new one is closed at once.
+    pub per_client: usize,
+    /// Peers exempt from `per_client`: trusted proxies carry many clients on their connections.
+    pub exempt: Vec<Cidr>,
+    /// Once its headers are in, a request's body must arrive and its answer be ready within
+    /// this; past it the client gets a 408 and the connection is closed.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// A replica's endpoint: a few scrapers and operators.
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            per_client: MAX_CONNECTIONS,
+            exempt: Vec::new(),
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// A replica endpoint's connections at once.
 pub const MAX_CONNECTIONS: usize = 128;
 /// How long a client may take to send a request's headers, or to start the next request.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request's body and answer may take once its headers are in.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection is served before it is closed gracefully.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
-/// Binds `addr` and serves until `shutdown` fires. Returns the bound address and the task.
+/// What a server did to hold its bounds, for its `/metrics`.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Connections closed at once: their client had too many open.
+    pub refused: AtomicU64,
+    /// Idle connections closed early because the server was busy.
+    pub evicted: AtomicU64,
+    /// Requests answered 408: their body or answer took too long.
+    pub timed_out: AtomicU64,
+}
+
+/// One open connection, as the accept loop sees it.
+#[derive(Debug)]
+struct Conn {
+    /// The client group it counts against, `None` for an exempt peer.
+    group: Option<IpAddr>,
+    /// Requests being answered on it; 0 means idle, and so closable early.
+    in_flight: AtomicUsize,
+    /// Cancelled to close it gracefully.
+    close: CancellationToken,
+}
+
+/// Every open connection, oldest first.
+#[derive(Debug, Default)]
+struct Conns {
+    inner: Mutex<ConnsInner>,
+    /// Notified whenever a connection closes.
+    closed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct ConnsInner {
+    next: u64,
+    open: BTreeMap<u64, Arc<Conn>>,
+    per_group: HashMap<IpAddr, usize>,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Registers a connection unless its group is at `cap`.
+    fn open(self: &Arc<Self>, group: Option<IpAddr>, cap: usize) -> Option<ConnGuard> {
+        let mut inner = self.lock();
+        if let Some(g) = group {
+            let n = inner.per_group.entry(g).or_default();
+            if *n >= cap {
+                return None;
+            }
+            *n += 1;
+        }
+        let id = inner.next;
+        inner.next += 1;
+        let conn = Arc::new(Conn {
+            group,
+            in_flight: AtomicUsize::new(0),
+            close: CancellationToken::new(),
+        });
+        inner.open.insert(id, conn.clone());
+        Some(ConnGuard {
+            conns: self.clone(),
+            id,
+            conn,
+        })
+    }
+
+    /// Asks up to `n` idle connections, oldest first, to close; how many were asked.
+    fn close_idle(&self, n: usize) -> usize {
+        let inner = self.lock();
+        let mut asked = 0;
+        for conn in inner.open.values() {
+            if asked == n {
+                break;
+            }
+            if conn.in_flight.load(Ordering::Acquire) == 0 && !conn.close.is_cancelled() {
+                conn.close.cancel();
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
+/// Unregisters its connection when the connection's task ends.
+struct ConnGuard {
+    conns: Arc<Conns>,
+    id: u64,
+    conn: Arc<Conn>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut inner = self.conns.lock();
+        inner.open.remove(&self.id);
+        if let Some(g) = self.conn.group {
+            if let Some(n) = inner.per_group.get_mut(&g) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.per_group.remove(&g);
+                }
+            }
+        }
+        drop(inner);
+        self.conns.closed.notify_waiters();
+    }
+}
+
+/// Counts a request in flight on its connection for as long as it lives.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn new(conn: Arc<Conn>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` fires, within `limits`. Returns the bound address,
+/// the task, and the server's figures.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
+    limits: Limits,
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<ServerStats>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let task = tokio::spawn(accept(listener, router, shutdown));
-    Ok((local, task))
+    let stats = Arc::new(ServerStats::default());
+    let task = tokio::spawn(accept(listener, router, limits, stats.clone(), shutdown));
+    Ok((local, task, stats))
 }
 
-async fn accept(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Waits until a new connection may be taken: closes idle ones when busy, and past the cap
+/// waits for one to close. `false` on shutdown.
+async fn room(
+    conns: &Conns,
+    limits: &Limits,
+    stats: &ServerStats,
+    shutdown: &CancellationToken,
+) -> bool {
+    let busy = (limits.max_connections * 3 / 4).max(1);
+    loop {
+        let n = conns.len();
+        if n >= busy {
+            let asked = conns.close_idle(n - limits.max_connections / 2);
+            stats.evicted.fetch_add(asked as u64, Ordering::Relaxed);
+        }
+        if n < limits.max_connections {
+            return true;
+        }
+        let closed = conns.closed.notified();
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = closed => {}
+            // Connections asked to close may be past their request: look again soon.
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+) {
+    let conns = Arc::new(Conns::default());
     let connections = TaskTracker::new();
     let mut failing = false;
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
+        if !room(&conns, &limits, &stats, &shutdown).await {
+            break;
+        }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -140,36 +341,91 @@ async fn accept(listener: TcpListener, router: Router, shutdown: CancellationTok
                 }
             },
         };
-        failing = false;
-        // Handlers may ask for the peer (the receiver's rate limit does, and keeps it in memory
-        // only): `ConnectInfo<SocketAddr>`, as axum's own server gives it.
-        let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                let router = router.clone();
-                async move { router.oneshot(req).await }
-            });
-        let shutdown = shutdown.clone();
+        if failing {
+            tracing::info!("HTTP endpoint accepts connections again");
+            failing = false;
+        }
+        let group = (!crate::net::trusted(&limits.exempt, peer.ip()))
+            .then(|| crate::net::client_group(peer.ip()));
+        let Some(guard) = conns.open(group, limits.per_client) else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let service = request_service(router.clone(), peer, guard.conn.clone(), &limits, &stats);
+        let (shutdown, stats) = (shutdown.clone(), stats.clone());
         connections.spawn(async move {
-            let _permit = permit;
+            let close = guard.conn.close.clone();
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
-                _ = shutdown.cancelled() => {}
+            let closing = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
+                    _ = shutdown.cancelled() => {}
+                    _ = close.cancelled() => {}
+                }
+            };
+            let finished = tokio::select! {
+                _ = conn.as_mut() => true,
+                _ = closing => false,
+            };
+            if !finished {
+                // Finish the request in flight, if any, then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
             }
-            // Finish the request in flight, if any, then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(guard);
         });
     }
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
+}
+
+/// One connection's requests: the peer in `ConnectInfo` (as axum's own server gives it; the
+/// receiver's rate limit reads it, in memory only), counted in flight, within the deadline.
+fn request_service(
+    router: Router,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    limits: &Limits,
+    stats: &Arc<ServerStats>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone {
+    let deadline = limits.request_timeout;
+    let stats = stats.clone();
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let (router, stats) = (router.clone(), stats.clone());
+        let in_flight = InFlight::new(conn.clone());
+        async move {
+            let _in_flight = in_flight;
+            match tokio::time::timeout(deadline, router.oneshot(req)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    let body = serde_json::json!({"error": format!(
+                        "the request's body and answer did not finish within {}",
+                        crate::timefmt::format_duration(deadline)
+                    )});
+                    Ok((
+                        StatusCode::REQUEST_TIMEOUT,
+                        [(header::CONNECTION, "close")],
+                        axum::Json(body),
+                    )
+                        .into_response())
+                }
+            }
+        }
+    })
 }

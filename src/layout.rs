@@ -7,6 +7,8 @@
 //! <prefix>/usage/reports/<slot>/<instanceID>.json     a frozen report, the bytes to POST
 //! <prefix>/usage/delivered/<slot>/<instanceID>.json   the record that it was delivered
 //! <prefix>/usage/selftest/<random>.json               the start-up self-test's scratch key
+//! <prefix>/usage/signing_key.json                     the cluster's Ed25519 key pair: reports
+//!                                                     are signed with it (never logged or sent)
 //! ```
 //!
 //! `<slot>` is the slot's Unix time in nanoseconds, 20 digits, so keys sort by time.
@@ -24,6 +26,8 @@ pub const REPORTS: &str = "usage/reports/";
 pub const DELIVERED: &str = "usage/delivered/";
 /// The self-test's scratch keys.
 pub const SELFTEST: &str = "usage/selftest/";
+/// The cluster's signing key.
+pub const SIGNING_KEY: &str = "usage/signing_key.json";
 
 /// `usage/reports/<slot>/<instance>.json`
 pub fn report_key(slot: DateTime<Utc>, instance: &str) -> String {

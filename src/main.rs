@@ -8,9 +8,9 @@ use usage_reporter::cli::{
     self, Cli, Command, LeaseCommand, LeaseShowArgs, LogFormat, RunArgs, SeedCommand, SeedShowArgs,
     StoreArgs,
 };
-use usage_reporter::cli::{ReceiveArgs, RollupArgs};
+use usage_reporter::cli::{ForgetArgs, ReceiveArgs, RollupArgs};
 use usage_reporter::inspect;
-use usage_reporter::receiver::{rollup, ReceiveError, Receiver};
+use usage_reporter::receiver::{forget, rollup, ReceiveError, Receiver};
 use usage_reporter::replica::{Options, ReplicaBuilder};
 use usage_reporter::store::{self, Store};
 
@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             } => lease_show(args).await,
             Command::Receive(args) => receive(*args).await,
             Command::Rollup(args) => rollup(args).await,
+            Command::Forget(args) => forget(args).await,
         }
     });
     // Do not wait for blocked store calls of a store that does not answer.
@@ -116,27 +117,63 @@ async fn receive(args: ReceiveArgs) -> Result<(), Failure> {
         ReceiveError::Invalid(m) => Failure(2, m.to_string()),
         other => Failure(1, other.to_string()),
     })?;
-    shutdown_signal().await;
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        fatal = receiver.failed() => Err(Failure(1, fatal)),
+    };
     tracing::info!("shutting down");
     receiver.shutdown().await;
-    Ok(())
+    outcome
 }
 
 async fn rollup(args: RollupArgs) -> Result<(), Failure> {
     let store = store::open(&args.store.store, &args.store.client.store_options)
         .map_err(|e| Failure(2, format!("--store: {e}")))?;
-    let out = rollup::run_once(&store, chrono::Utc::now(), args.settle.0)
-        .await
-        .map_err(|e| {
-            Failure(
-                1,
-                format!("rollup failed: {e}; run it again to redo its window"),
-            )
-        })?;
+    // Every report stored before the command started: window after window until the inbox
+    // is empty.
+    let started = chrono::Utc::now();
+    let mut total = rollup::Outcome::default();
+    loop {
+        let out = rollup::run_once(&store, started, args.settle.0, &rollup::unfenced())
+            .await
+            .map_err(|e| {
+                Failure(
+                    1,
+                    format!("rollup failed: {e}; run it again to redo its window"),
+                )
+            })?;
+        if out.window.is_empty() {
+            break;
+        }
+        total.rows += out.rows;
+        total.files += out.files;
+        total.skipped += out.skipped;
+        total.window = out.window;
+    }
     println!(
-        "rolled up {} reports into {} Parquet files (window {}, {} skipped)",
-        out.rows, out.files, out.window, out.skipped
+        "rolled up {} reports into {} Parquet files ({} skipped)",
+        total.rows, total.files, total.skipped
     );
+    Ok(())
+}
+
+async fn forget(args: ForgetArgs) -> Result<(), Failure> {
+    let store = store::open(&args.store.store, &args.store.client.store_options)
+        .map_err(|e| Failure(2, format!("--store: {e}")))?;
+    let failed = |e: &dyn std::fmt::Display| Failure(1, format!("forget failed: {e}"));
+    match forget::carry_out(&store, &args.cluster, args.wait.0)
+        .await
+        .map_err(|e| failed(&e))?
+    {
+        forget::By::Us(gone) => println!(
+            "forgot cluster {}: {} raw reports, {} Parquet rows in {} files, {} days of summaries",
+            args.cluster, gone.raw, gone.rows, gone.files, gone.days
+        ),
+        forget::By::Leader => println!(
+            "forgot cluster {}: carried out by the rollup leader (its log says what was removed)",
+            args.cluster
+        ),
+    }
     Ok(())
 }
 

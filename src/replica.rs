@@ -433,8 +433,9 @@ impl ReplicaBuilder {
             let router = http::router(source, health.clone());
             let (listen, shutdown) = (o.listen, shutdown.clone());
             async move {
-                http::serve(listen, router, shutdown)
+                http::serve(listen, router, http::Limits::default(), shutdown)
                     .await
+                    .map(|(addr, task, _)| (addr, task))
                     .map_err(|source| StartError::Listen {
                         addr: listen,
                         source,

@@ -59,8 +59,18 @@ async fn get(addr: SocketAddr, path: &str) -> Value {
     common::get_json(addr, path).await
 }
 
-/// Every report file the receiver stored.
+/// Every report file the receiver stored, rolled up or not.
 fn stored(dir: &Path) -> Vec<PathBuf> {
+    files_under(&dir.join("received"))
+}
+
+/// Reports stored and not yet rolled up.
+fn inbox(dir: &Path) -> Vec<PathBuf> {
+    files_under(&dir.join("received/inbox"))
+}
+
+/// Every file under `root`, sorted.
+fn files_under(root: &Path) -> Vec<PathBuf> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
             let p = e.path();
@@ -72,7 +82,7 @@ fn stored(dir: &Path) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&dir.join("received"), &mut out);
+    walk(root, &mut out);
     out.sort();
     out
 }
@@ -170,6 +180,11 @@ async fn replicas_deliver_to_a_receiver_whose_api_shows_one_cluster() {
     for p in &mut procs {
         p.wait_exit(Duration::from_secs(10));
     }
+    // Once rolled up, every report is in kept/ and none in the inbox.
+    eventually(Duration::from_secs(15), "the inbox emptied", || async {
+        inbox(data.path()).is_empty()
+    })
+    .await;
     let files = stored(data.path());
     assert!(files.len() >= 9, "{} reports stored", files.len());
     // Every slot directory holds one report per replica at most; some hold all three.
@@ -214,10 +229,22 @@ async fn replicas_deliver_to_a_receiver_whose_api_shows_one_cluster() {
     ] {
         assert!(!c[k].is_null(), "{k} missing: {c}");
     }
-    // A replay of stored bytes is a duplicate, and stores nothing.
-    let bytes = std::fs::read(&files[0]).unwrap();
-    let (status, body) = post(addr, bytes).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
+    // Our replicas sign: the cluster is shown signed, and its stored objects carry the
+    // signature line before the bytes received.
+    assert_eq!(c["signed"], true, "{c}");
+    let stored_bytes = std::fs::read(&files[0]).unwrap();
+    let text = String::from_utf8(stored_bytes).unwrap();
+    let (sig, body) = text.split_once('\n').unwrap();
+    let sig = sig.strip_prefix('#').expect("a signature line");
+    // A replay, signed, is a duplicate and stores nothing; unsigned it is refused.
+    let (status, answer) = post_with(addr, body.to_string(), &[("reporter-signature", sig)]).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("duplicate")),
+        "{answer}"
+    );
+    let (status, answer) = post(addr, body.to_string()).await;
+    assert_eq!(status, 403, "{answer}");
     assert_eq!(stored(data.path()).len(), files.len());
 }
 

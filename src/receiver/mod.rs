@@ -3,16 +3,25 @@
 //!
 //! - [`intake`]: what is accepted, and the key a report is stored under;
 //! - [`layout`]: where things live in the receiver's bucket;
-//! - [`rollup`]: Parquet files and summaries, one window of arrivals at a time;
+//! - [`pins`]: signed clusters' pinned keys, the trust model;
+//! - [`rollup`]: the inbox to Parquet files and summaries, one recorded window at a time;
 //! - [`summary`]: the figures the API and the dashboard read;
+//! - [`forget`]: retention of raw reports, and removing one cluster on request;
 //! - this module: the HTTP service, its rate limit and token, and the rollup leader's loop.
+//!
+//! It faces strangers, so everything is bounded (see [`crate::http::Limits`]): connections
+//! overall and per client, a deadline for each request's headers and another for its body,
+//! reports per second per client (grouped per /24 or /48; behind `--trusted-proxy` the
+//! forwarded address), distinct unsigned instances per cluster and slot.
 //!
 //! Several receivers may share one bucket behind a load balancer: a report's key depends only
 //! on the report, so create-if-absent stores it once whichever receiver takes it, and one of
 //! them, elected through the same lease as the replicas use (its own object), rolls up.
 
+pub mod forget;
 pub mod intake;
 pub mod layout;
+pub mod pins;
 pub mod rollup;
 pub mod summary;
 
@@ -54,6 +63,19 @@ pub mod defaults {
     /// `--rate-burst`: how many reports a client may send at once before the rate applies (a
     /// leader delivering a slot of many replicas sends a burst).
     pub const BURST: f64 = 2000.0;
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: usize = 4096;
+    /// `--max-client-connections`: a leader sends 32 reports at once.
+    pub const MAX_CLIENT_CONNECTIONS: usize = 64;
+    /// `--request-timeout`: a 1 MiB report at 100 KiB/s; Tempo's own client gives up at 5 s.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `--max-instances`: distinct unsigned instances per cluster and slot.
+    pub const MAX_INSTANCES: usize = 1000;
+    /// The shortest `--retention`: raw reports are what tells a repeat from a new report, and a
+    /// slot is accepted for 7 days.
+    pub const MIN_RETENTION: Duration = Duration::from_secs(8 * 86400);
+    /// How often retention runs.
+    pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 }
 
 /// Everything `reporter receive` can set.
@@ -75,6 +97,18 @@ pub struct ReceiverOptions {
     pub rate_limit: f64,
     /// Reports one client may send at once before the rate applies.
     pub rate_burst: f64,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` is believed.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one client.
+    pub max_client_connections: usize,
+    /// A request's body and answer within this.
+    pub request_timeout: Duration,
+    /// Distinct unsigned instances per cluster and slot.
+    pub max_instances: usize,
+    /// Raw received reports of slot days older than this are removed; `None` keeps them.
+    pub retention: Option<Duration>,
 }
 
 impl Default for ReceiverOptions {
@@ -88,6 +122,12 @@ impl Default for ReceiverOptions {
             settle: rollup::DEFAULT_SETTLE,
             rate_limit: defaults::RATE_LIMIT,
             rate_burst: defaults::BURST,
+            trusted_proxies: Vec::new(),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_client_connections: defaults::MAX_CLIENT_CONNECTIONS,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_instances: defaults::MAX_INSTANCES,
+            retention: None,
         }
     }
 }
@@ -122,6 +162,7 @@ pub struct ReceiverHealth {
     store_latency: Mutex<Histogram>,
     rollups: AtomicU64,
     rolled_up: AtomicU64,
+    server: Mutex<Option<Arc<crate::http::ServerStats>>>,
 }
 
 impl ReceiverHealth {
@@ -197,6 +238,47 @@ impl ReceiverHealth {
                 "reporter_receiver_reports_rejected_total{{reason=\"{reason}\"}} {n}"
             );
         }
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            gauge(
+                &mut out,
+                "reporter_receiver_connections",
+                "Connections open.",
+                "gauge",
+                server.open.load(Ordering::Relaxed) as u64,
+            );
+            gauge(
+                &mut out,
+                "reporter_receiver_connections_refused_total",
+                "Connections closed at once: their client had too many open.",
+                "counter",
+                server.refused.load(Ordering::Relaxed),
+            );
+            gauge(
+                &mut out,
+                "reporter_receiver_connections_evicted_total",
+                "Idle connections closed early because the receiver was busy.",
+                "counter",
+                server.evicted.load(Ordering::Relaxed),
+            );
+            gauge(
+                &mut out,
+                "reporter_receiver_requests_timed_out_total",
+                "Requests answered 408: their body did not arrive in time.",
+                "counter",
+                server.timed_out.load(Ordering::Relaxed),
+            );
+        }
         self.store_latency
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -266,10 +348,53 @@ struct App {
     health: Arc<ReceiverHealth>,
     limit: Arc<RateLimit>,
     cache: Arc<tokio::sync::Mutex<Cache>>,
+    /// Peers whose forwarding headers are believed.
+    proxies: Arc<[crate::net::Cidr]>,
+    /// Signed clusters' keys.
+    pins: Arc<pins::Pins>,
+    /// Distinct unsigned instances per cluster and slot.
+    max_instances: usize,
+    /// Whether storing reports is failing, so it is logged when it starts and ends.
+    store_log: Arc<StoreLog>,
+}
+
+/// Store failures on the request path, logged when they start (with the error) and when they
+/// end (with how many requests failed), never per request.
+#[derive(Debug, Default)]
+struct StoreLog(Mutex<Option<(&'static str, u64)>>);
+
+impl StoreLog {
+    fn failed(&self, e: &StoreError) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *state {
+            Some((kind, n)) if *kind == e.kind() => *n += 1,
+            _ => {
+                tracing::warn!(error = %e, "the store is failing: reports are answered 503 until it works again");
+                *state = Some((e.kind(), 1));
+            }
+        }
+    }
+
+    fn worked(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = state.take() {
+            tracing::info!(failed_requests = n, "the store works again");
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+fn refuse(
+    app: &App,
+    status: StatusCode,
+    reason: &'static str,
+    why: impl std::fmt::Display,
+) -> Response {
+    app.health.reject(reason);
+    error(status, why)
 }
 
 async fn receive(
@@ -278,7 +403,12 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(wait) = app.limit.check(peer.ip()) {
+    let client = crate::net::client_group(crate::net::client_address(
+        peer.ip(),
+        &app.proxies,
+        &headers,
+    ));
+    if let Err(wait) = app.limit.check(client) {
         app.health.rate_limited.fetch_add(1, Ordering::Relaxed);
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         return (
@@ -290,44 +420,122 @@ async fn receive(
     }
     let report = match intake::parse(&body, Utc::now()) {
         Ok(r) => r,
-        Err(why) => {
-            app.health.reject(why.reason());
-            return error(StatusCode::BAD_REQUEST, why);
-        }
+        Err(why) => return refuse(&app, StatusCode::BAD_REQUEST, why.reason(), why),
     };
     if let Some(key) = headers.get("idempotency-key") {
         let key = key.to_str().unwrap_or_default();
         if let Err(why) = intake::check_idempotency_key(key, &body) {
-            app.health.reject(why.reason());
-            return error(StatusCode::BAD_REQUEST, why);
+            return refuse(&app, StatusCode::BAD_REQUEST, why.reason(), why);
         }
     }
-    let key = layout::received_key(&report.cluster_id, report.slot(), &report.instance_key());
+    let signature = match headers.get(crate::signing::HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            let why = crate::signing::SignatureError::Malformed;
+            return refuse(&app, StatusCode::BAD_REQUEST, "signature", why);
+        }
+    };
+    let signed_by = match signature.map(|s| crate::signing::verify(s, &body)) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(why)) => return refuse(&app, StatusCode::FORBIDDEN, "signature", why),
+    };
+    match app
+        .pins
+        .check(&app.store, &report.cluster_id, signed_by)
+        .await
+    {
+        Ok(()) => {}
+        Err(pins::PinError::Refused(why)) => {
+            return refuse(&app, StatusCode::FORBIDDEN, "not_signed_by_cluster", why)
+        }
+        Err(pins::PinError::Store(why)) => {
+            return store_failed(
+                &app,
+                &StoreError::Other {
+                    key: layout::pin_key(&report.cluster_id),
+                    message: why,
+                },
+            )
+        }
+    }
+    let instance = report.instance_key();
+    if signed_by.is_none() {
+        match instances(&app.store, &report, &instance).await {
+            Ok(n) if n >= app.max_instances => {
+                let why = format!("this cluster's slot already has {n} unsigned instances, the most accepted; sign reports to send more");
+                return refuse(&app, StatusCode::FORBIDDEN, "too_many_instances", why);
+            }
+            Ok(_) => {}
+            Err(e) => return store_failed(&app, &e),
+        }
+    }
+    let key = layout::inbox_key(&report.cluster_id, report.slot(), &instance);
+    let object = layout::stored_object(signature, &body);
     let started = Instant::now();
-    let result = app.store.create(&key, body).await;
+    let result = store_once(&app.store, &key, object).await;
     app.health
         .store_latency
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .observe(started.elapsed());
     match result {
-        Ok(_) => {
+        Ok(true) => {
+            app.store_log.worked();
             app.health.stored.fetch_add(1, Ordering::Relaxed);
             Json(json!({"status": "stored"})).into_response()
         }
-        Err(StoreError::AlreadyExists { .. }) => {
+        Ok(false) => {
+            app.store_log.worked();
             app.health.duplicates.fetch_add(1, Ordering::Relaxed);
             Json(json!({"status": "duplicate"})).into_response()
         }
-        Err(e) => {
-            app.health.store_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "cannot store a report; answered 503");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the store did not take the report; retry",
-            )
+        Err(e) => store_failed(&app, &e),
+    }
+}
+
+/// Stores a report in the inbox once: `true` if stored, `false` if it was already (in the
+/// inbox, or rolled up and kept). A create that succeeds for a report rolled up earlier (the
+/// inbox forgets what it rolled up) is taken back.
+async fn store_once(store: &Store, key: &str, object: Vec<u8>) -> Result<bool, StoreError> {
+    match store.create(key, object).await {
+        Ok(_) => {}
+        Err(StoreError::AlreadyExists { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if store.exists(&layout::kept_key(key)).await? {
+        // Rolled up already. Should this delete fail, the next rollup finds the key in kept/
+        // and removes it without a row.
+        let _ = store.delete(key).await;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Distinct instances already stored for the report's cluster and slot, not counting its own.
+async fn instances(
+    store: &Store,
+    report: &intake::Received,
+    instance: &str,
+) -> Result<usize, StoreError> {
+    let mut names = std::collections::HashSet::new();
+    for prefix in layout::slot_prefixes(&report.cluster_id, report.slot()) {
+        for key in store.list(&prefix).await? {
+            names.insert(key.rsplit('/').next().unwrap_or_default().to_string());
         }
     }
+    names.remove(&format!("{instance}.json"));
+    Ok(names.len())
+}
+
+fn store_failed(app: &App, e: &StoreError) -> Response {
+    app.health.store_failures.fetch_add(1, Ordering::Relaxed);
+    app.store_log.failed(e);
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the store did not take the report; retry",
+    )
 }
 
 /// Whether a read may go ahead: no token is set, or the request carries it.
@@ -335,10 +543,13 @@ fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let Some(token) = &app.token else {
         return true;
     };
+    // The scheme is case-insensitive (RFC 9110); the token is not.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or_default();
     // Constant time: the comparison does not stop at the first difference.
     let same = given.len() == token.len()
@@ -592,6 +803,48 @@ pub struct Receiver {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     health: Arc<ReceiverHealth>,
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl ReceiverOptions {
+    /// Checks every option; the first one out of range, in one line.
+    pub fn validate(&self) -> Result<(), ReceiveError> {
+        if !(self.rate_limit > 0.0 && self.rate_limit.is_finite()) {
+            return Err(ReceiveError::Invalid(
+                "the rate limit must be a positive number",
+            ));
+        }
+        if !(self.rate_burst >= 1.0 && self.rate_burst.is_finite()) {
+            return Err(ReceiveError::Invalid("the rate burst must be at least 1"));
+        }
+        if self.rollup_every < Duration::from_secs(1) {
+            return Err(ReceiveError::Invalid("rollups must be at least 1s apart"));
+        }
+        if self.max_connections < 16 {
+            return Err(ReceiveError::Invalid(
+                "the connection cap must be at least 16",
+            ));
+        }
+        if self.max_client_connections < 1 {
+            return Err(ReceiveError::Invalid(
+                "the per-client connection cap must be at least 1",
+            ));
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return Err(ReceiveError::Invalid(
+                "the request timeout must be at least 100ms",
+            ));
+        }
+        if self.max_instances < 1 {
+            return Err(ReceiveError::Invalid("the instance cap must be at least 1"));
+        }
+        if self.retention.is_some_and(|r| r < defaults::MIN_RETENTION) {
+            return Err(ReceiveError::Invalid(
+                "the retention must be at least 8d: raw reports tell repeats from new reports for the 7 days a slot is accepted",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Receiver {
@@ -603,17 +856,7 @@ impl Receiver {
 
     /// As [`Receiver::start`], on a store already open.
     pub async fn start_with(o: ReceiverOptions, store: Store) -> Result<Receiver, ReceiveError> {
-        if !(o.rate_limit > 0.0 && o.rate_limit.is_finite()) {
-            return Err(ReceiveError::Invalid(
-                "the rate limit must be a positive number",
-            ));
-        }
-        if !(o.rate_burst >= 1.0 && o.rate_burst.is_finite()) {
-            return Err(ReceiveError::Invalid("the rate burst must be at least 1"));
-        }
-        if o.rollup_every < Duration::from_secs(1) {
-            return Err(ReceiveError::Invalid("rollups must be at least 1s apart"));
-        }
+        o.validate()?;
         let health = Arc::new(ReceiverHealth::default());
         let shutdown = CancellationToken::new();
         let app = App {
@@ -626,19 +869,32 @@ impl Receiver {
                 buckets: Mutex::default(),
             }),
             cache: Arc::default(),
+            proxies: o.trusted_proxies.clone().into(),
+            pins: Arc::default(),
+            max_instances: o.max_instances,
+            store_log: Arc::default(),
         };
-        let (addr, http) = crate::http::serve(o.listen, router(app), shutdown.clone())
-            .await
-            .map_err(|source| ReceiveError::Listen {
-                addr: o.listen,
-                source,
-            })?;
+        let limits = crate::http::Limits {
+            max_connections: o.max_connections,
+            per_client: o.max_client_connections,
+            exempt: o.trusted_proxies.clone(),
+            request_timeout: o.request_timeout,
+        };
+        let (addr, http, server) =
+            crate::http::serve(o.listen, router(app), limits, shutdown.clone())
+                .await
+                .map_err(|source| ReceiveError::Listen {
+                    addr: o.listen,
+                    source,
+                })?;
+        *health.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
         tracing::info!(%addr, store = %store.describe(), "receiver started");
+        let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
         let roll = tokio::spawn(roll_up_while_leading(
             store,
-            o.rollup_every,
-            o.settle,
+            o.clone(),
             health.clone(),
+            fatal_tx,
             shutdown.clone(),
         ));
         Ok(Receiver {
@@ -646,6 +902,7 @@ impl Receiver {
             shutdown,
             tasks: vec![http, roll],
             health,
+            fatal,
         })
     }
 
@@ -659,7 +916,22 @@ impl Receiver {
         &self.health
     }
 
-    /// Stops serving and rolling up; the lease is released.
+    /// Resolves with the reason if the receiver cannot go on (its bucket does not exist, it
+    /// may not write it, or it ignores conditional writes): no retry can fix that.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        loop {
+            if let Some(why) = fatal.borrow_and_update().clone() {
+                return why;
+            }
+            if fatal.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Stops serving; a rollup in progress stops at its next write, and only then is the lease
+    /// released, so two receivers never roll up at once.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for t in self.tasks {
@@ -668,53 +940,104 @@ impl Receiver {
     }
 }
 
-/// One receiver of those sharing the bucket rolls up, every `every`, while it holds the lease.
-async fn roll_up_while_leading(
-    store: Store,
-    every: Duration,
-    settle: Duration,
-    health: Arc<ReceiverHealth>,
-    shutdown: CancellationToken,
-) {
+/// A receiver's side of the rollup election: its lease TTL is twice the rollup period, within
+/// 2 s and 5 min.
+pub(crate) fn elector(store: &Store, every: Duration) -> Elector {
     let ttl = (every * 2).clamp(Duration::from_secs(2), Duration::from_secs(300));
-    let elector = Elector::new(
+    Elector::new(
         store.clone().with_timeout(ttl / 4),
         LeaseConfig::new(ttl),
         uuid::Uuid::new_v4().to_string(),
         Arc::new(crate::health::Health::default()),
     )
-    .with_key(layout::LEASE);
-    let election = {
-        let (elector, shutdown) = (elector.clone(), shutdown.clone());
-        tokio::spawn(async move { elector.run(shutdown).await })
-    };
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
+    .with_key(layout::LEASE)
+}
+
+/// One receiver of those sharing the bucket rolls up, every `--rollup-every`, while it holds
+/// the lease; it never writes a rollup or a summary past its renew deadline, and releases the
+/// lease only once its last run has stopped.
+async fn roll_up_while_leading(
+    store: Store,
+    o: ReceiverOptions,
+    health: Arc<ReceiverHealth>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
+    shutdown: CancellationToken,
+) {
+    match crate::store::selftest::check(&store, &shutdown).await {
+        Ok(crate::store::selftest::Access::ReadWrite) => {}
+        Ok(crate::store::selftest::Access::ReadOnly) => {
+            fatal.send_replace(Some(format!(
+                "the store at {} is read-only to this receiver; it must write reports there: check the credentials' permissions",
+                store.describe()
+            )));
+            return;
         }
+        Err(crate::store::selftest::SelfTestError::Shutdown) => return,
+        Err(e) => {
+            fatal.send_replace(Some(e.to_string()));
+            return;
+        }
+    }
+    let every = o.rollup_every;
+    let elector = elector(&store, every);
+    // The election stops only after the last rollup has: see the end of this function.
+    let release = CancellationToken::new();
+    let election = {
+        let (elector, release) = (elector.clone(), release.clone());
+        tokio::spawn(async move { elector.run(release).await })
+    };
+    let fence = {
+        let (elector, shutdown) = (elector.clone(), shutdown.clone());
+        move || !shutdown.is_cancelled() && elector.term().is_some()
+    };
+    let mut log = crate::retry::StateLog::default();
+    let mut next_retention = Instant::now();
+    let mut wait = every;
+    loop {
+        if crate::retry::sleep_or_stop(wait, &shutdown).await {
+            break;
+        }
+        wait = every;
         if elector.term().is_none() {
             continue;
         }
-        match rollup::run_once(&store, Utc::now(), settle).await {
+        if let Err(e) = forget::carry_out_requests(&store, &fence).await {
+            tracing::warn!(error = %e, "a request to forget a cluster failed; it is carried out again at the next run");
+        }
+        match rollup::run_once(&store, Utc::now(), o.settle, &fence).await {
             Ok(out) => {
-                failing = false;
+                if log.recovered() {
+                    tracing::info!("rollups work again");
+                }
                 health.rollups.fetch_add(1, Ordering::Relaxed);
                 health
                     .rolled_up
                     .fetch_add(out.rows as u64, Ordering::Relaxed);
-                if out.rows > 0 {
-                    tracing::info!(rows = out.rows, files = out.files, window = %out.window, "rolled up");
+                if out.rows > 0 || out.skipped > 0 {
+                    tracing::info!(rows = out.rows, files = out.files, skipped = out.skipped, window = %out.window, "rolled up");
+                }
+                if out.more {
+                    wait = Duration::ZERO;
                 }
             }
+            Err(rollup::RollupError::NotLeader) => {}
             Err(e) => {
-                if !failing {
+                if log.failing(e.to_string()) {
                     tracing::warn!(error = %e, "rollup failed; the next run redoes its window");
-                    failing = true;
+                }
+            }
+        }
+        if let Some(retention) = o.retention.filter(|_| Instant::now() >= next_retention) {
+            next_retention = Instant::now() + defaults::RETENTION_EVERY;
+            match forget::expire(&store, Utc::now(), retention, &fence).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "retention: raw reports removed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention failed; it runs again within the hour")
                 }
             }
         }
     }
+    release.cancel();
     let _ = election.await;
 }

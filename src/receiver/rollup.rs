@@ -1,39 +1,51 @@
 //! Rollups: received reports compacted into Parquet for analysts, and the summaries updated.
 //!
-//! A run takes a window of arrival times, `(watermark, now - settle]` in whole seconds (S3
-//! stamps objects to the second), and makes every report
-//! the store took in it a row of exactly one Parquet file,
-//! `rollups/day=<slot day>/<window>.parquet` (Hive-style, so DuckDB, ClickHouse, Athena or
-//! Spark read the bucket directly). Late reports arrive later, so they fall in a later window:
-//! never lost, never counted twice. The state, `receiver/rollup.json`, is kept by
-//! compare-and-swap: a run first records the window it is about to roll up, and records the
-//! new watermark only once its files and summaries are written. A run that dies in between is
-//! redone, window and all, by the next: the same file names (written over) and summaries that
-//! remember the windows they hold.
+//! A report the receiver acknowledged is in the inbox, `received/inbox/`, and nowhere else
+//! until a rollup takes it; nothing about its timestamps matters. A run lists the inbox, takes
+//! up to [`MAX_WINDOW`] reports, and records them, by name, as its window in the state
+//! (`receiver/rollup.json`, kept by compare-and-swap) before it writes anything. Then it makes
+//! each one a row of exactly one Parquet file, `rollups/day=<slot day>/<window>.parquet`
+//! (Hive-style, so DuckDB, ClickHouse, Athena or Spark read the bucket directly), copies it to
+//! `received/kept/`, updates the summaries, removes it from the inbox, and only then clears the
+//! window. A run that dies or loses its lease anywhere in between is redone, window and all, by
+//! the next: the same names, the same rows, the same file names (written over), and summaries
+//! that remember the windows they hold. So a receiver paused for minutes between writing a
+//! report and linking it into place, a slow upload, or clocks that disagree can delay a report,
+//! never skip it; and a run reads and writes what arrived since the last one, not the history.
 //!
-//! Only the slot days a window can touch are listed: the receiver refuses slots more than
-//! [`MAX_AGE`] old, so a window needs those days and no others.
+//! A repeat of a report already rolled up can reach the inbox again only in the moment between
+//! its create-if-absent and the check of `kept/` that follows it; the run that lists it sees it
+//! in `kept/` and removes it unrolled (a stray).
+//!
+//! Every write checks `fence` first: a receiver that stopped leading stops writing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::intake::{self, MAX_AGE};
+use super::intake;
 use super::layout;
 use super::summary::{day_of, Clusters, Day, DayClusters, Row};
 use crate::store::{Store, StoreError};
 use crate::timefmt;
 
-/// How long after its arrival a report is left for the store's listing to settle before it
-/// is rolled up.
-pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
+/// How long after its arrival a report waits before a rollup takes it, by default: none. A
+/// wait only batches bursts; nothing depends on it.
+pub const DEFAULT_SETTLE: Duration = Duration::ZERO;
+/// The most reports one window takes; a longer inbox is rolled up in windows back to back.
+pub const MAX_WINDOW: usize = 10_000;
 /// The largest summary read (the all-clusters summary grows with clusters, not reports).
 const MAX_SUMMARY_BYTES: usize = 512 << 20;
+/// Store calls a run makes at once.
+const CONCURRENCY: usize = 32;
 
 /// Why a run did not finish; the next run redoes its window.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +53,7 @@ pub enum RollupError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A Parquet file could not be written.
+    /// A Parquet file could not be written or read.
     #[error("cannot write Parquet: {0}")]
     Parquet(String),
     /// A state or summary object is not what this version writes.
@@ -52,36 +64,54 @@ pub enum RollupError {
         /// What is wrong.
         why: String,
     },
+    /// This receiver no longer holds the rollup lease; the next leader redoes the window.
+    #[error("no longer the rollup leader; the next leader redoes this window")]
+    NotLeader,
 }
 
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
-    /// The window, `<from ms>-<to ms>`.
+    /// The window's name.
     pub window: String,
     /// Reports rolled up.
     pub rows: usize,
     /// Parquet files written.
     pub files: usize,
-    /// Objects skipped as unreadable or invalid.
+    /// Objects skipped as unreadable or invalid (removed from the inbox).
     pub skipped: usize,
+    /// Whether the inbox held more than one window: run again at once.
+    pub more: bool,
 }
 
 /// The rollup's progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
-    /// Reports that arrived at or before this (Unix ms) are rolled up.
-    watermark_ms: i64,
+    /// Windows started so far.
+    #[serde(default)]
+    windows: u64,
     /// A window recorded and not yet finished.
-    pending: Option<(i64, i64)>,
+    #[serde(default)]
+    pending: Option<Pending>,
 }
 
-fn window_id(from: i64, to: i64) -> String {
-    format!("{from:015}-{to:015}")
+/// One window: exactly which reports it rolls up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    /// Its name, in file names and in the summaries' memory.
+    window: String,
+    /// Inbox keys to roll up, each with its arrival (Unix ms, by the store's clock).
+    rows: Vec<(String, i64)>,
+    /// Inbox keys already in `kept/`: removed, not rolled up again.
+    strays: Vec<String>,
+    /// When the window was recorded (Unix ms, by the leader's clock): "now" for the summaries.
+    at_ms: i64,
+    /// Whether the inbox held more than this window.
+    more: bool,
 }
 
 /// Reads a JSON object kept by CAS; its default when absent.
-async fn read_json<T: DeserializeOwned + Default>(
+pub(crate) async fn read_json<T: DeserializeOwned + Default>(
     store: &Store,
     key: &str,
 ) -> Result<(T, Option<crate::store::Version>), RollupError> {
@@ -99,9 +129,11 @@ async fn read_json<T: DeserializeOwned + Default>(
 }
 
 /// Read, change, write back by CAS; again on a lost race. `change` says whether it changed.
-async fn update_json<T: DeserializeOwned + Serialize + Default>(
+/// Nothing is written unless `fence` still holds.
+pub(crate) async fn update_json<T: DeserializeOwned + Serialize + Default>(
     store: &Store,
     key: &str,
+    fence: &Fence<'_>,
     mut change: impl FnMut(&mut T) -> bool,
 ) -> Result<T, RollupError> {
     loop {
@@ -113,6 +145,7 @@ async fn update_json<T: DeserializeOwned + Serialize + Default>(
             key: key.to_string(),
             why: e.to_string(),
         })?;
+        fenced_write(fence)?;
         let written = match &version {
             Some(v) => store.update(key, bytes, v).await,
             None => store.create(key, bytes).await,
@@ -125,36 +158,124 @@ async fn update_json<T: DeserializeOwned + Serialize + Default>(
     }
 }
 
-/// One rollup run at `now`.
+/// Whether this process may still write as the rollup leader.
+pub type Fence<'a> = dyn Fn() -> bool + Send + Sync + 'a;
+
+/// For one-shot runs that hold no lease.
+pub fn unfenced() -> impl Fn() -> bool + Send + Sync {
+    || true
+}
+
+pub(crate) fn fenced_write(fence: &Fence<'_>) -> Result<(), RollupError> {
+    if fence() {
+        Ok(())
+    } else {
+        Err(RollupError::NotLeader)
+    }
+}
+
+/// One rollup run at `now`: redoes the recorded window if there is one, else takes the next.
 pub async fn run_once(
     store: &Store,
     now: DateTime<Utc>,
     settle: Duration,
+    fence: &Fence<'_>,
 ) -> Result<Outcome, RollupError> {
-    // Whole seconds: S3 stamps objects to the second, so a window never ends inside a second
-    // whose objects could still be stamped into it.
-    let end = (now - chrono::Duration::from_std(settle).unwrap_or_default()).timestamp() * 1000;
-    // Record the window first, so that a run that dies is redone exactly.
-    let state = update_json::<State>(store, layout::ROLLUP_STATE, |s| {
-        if s.pending.is_some() || end <= s.watermark_ms {
+    let pending = match read_json::<State>(store, layout::ROLLUP_STATE)
+        .await?
+        .0
+        .pending
+    {
+        Some(p) => p,
+        None => match next_window(store, now, settle, fence).await? {
+            Some(p) => p,
+            None => return Ok(Outcome::default()),
+        },
+    };
+    apply(store, &pending, fence).await
+}
+
+/// Lists the inbox and records the next window; `None` if there is nothing to take.
+async fn next_window(
+    store: &Store,
+    now: DateTime<Utc>,
+    settle: Duration,
+    fence: &Fence<'_>,
+) -> Result<Option<Pending>, RollupError> {
+    let ready = now - chrono::Duration::from_std(settle).unwrap_or_default();
+    let mut entries: Vec<_> = store
+        .entries(layout::INBOX)
+        .await?
+        .into_iter()
+        .filter(|e| e.modified <= ready)
+        .collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let more = entries.len() > MAX_WINDOW;
+    entries.truncate(MAX_WINDOW);
+    // A key already in kept/ is a repeat stored in the moment before its duplicate check.
+    let checks: Vec<_> = entries
+        .iter()
+        .map(|e| store.exists_owned(layout::kept_key(&e.key)))
+        .collect();
+    let kept: Vec<bool> = futures::stream::iter(checks)
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let (mut rows, mut strays) = (Vec::new(), Vec::new());
+    for (e, kept) in entries.into_iter().zip(kept) {
+        if kept {
+            strays.push(e.key);
+        } else {
+            rows.push((e.key, e.modified.timestamp_millis()));
+        }
+    }
+    let at_ms = now.timestamp_millis();
+    let state = update_json::<State>(store, layout::ROLLUP_STATE, fence, |s| {
+        if s.pending.is_some() {
             return false;
         }
-        s.pending = Some((s.watermark_ms, end));
+        s.pending = Some(Pending {
+            window: format!("{at_ms:015}-{:08}", s.windows),
+            rows: rows.clone(),
+            strays: strays.clone(),
+            at_ms,
+            more,
+        });
+        s.windows += 1;
         true
     })
     .await?;
-    let Some((from, to)) = state.pending else {
-        return Ok(Outcome::default());
-    };
-    let window = window_id(from, to);
+    // Another leader's window, if one raced us: redo that one.
+    Ok(state.pending)
+}
+
+/// Rolls up one recorded window, then clears it.
+async fn apply(
+    store: &Store,
+    pending: &Pending,
+    fence: &Fence<'_>,
+) -> Result<Outcome, RollupError> {
+    let window = &pending.window;
     let mut out = Outcome {
         window: window.clone(),
+        more: pending.more,
         ..Outcome::default()
     };
-
-    let rows = collect(store, from, to, &mut out).await?;
+    let reads: Vec<_> = pending
+        .rows
+        .iter()
+        .map(|(key, ms)| read_row(store, key, *ms, fence))
+        .collect();
+    let read: Vec<Option<Row>> = futures::stream::iter(reads)
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    out.skipped = read.iter().filter(|r| r.is_none()).count();
     let mut by_day: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    for row in rows {
+    for row in read.into_iter().flatten() {
         by_day
             .entry(day_of(row.report.slot()))
             .or_default()
@@ -162,83 +283,106 @@ pub async fn run_once(
     }
     for (day, rows) in &by_day {
         let bytes = parquet(rows)?;
-        store.put(&layout::rollup_key(day, &window), bytes).await?;
+        fenced_write(fence)?;
+        store.put(&layout::rollup_key(day, window), bytes).await?;
         out.files += 1;
         out.rows += rows.len();
         let ids =
-            update_json::<DayClusters>(store, &layout::day_ids_key(day), |d| d.add(rows)).await?;
-        update_json::<Day>(store, &layout::day_key(day), |d| {
+            update_json::<DayClusters>(store, &layout::day_ids_key(day), fence, |d| d.add(rows))
+                .await?;
+        update_json::<Day>(store, &layout::day_key(day), fence, |d| {
             d.day = day.clone();
-            d.add(&window, rows, &ids)
+            d.add(window, rows, &ids)
         })
         .await?;
     }
     let all: Vec<Row> = by_day.into_values().flatten().collect();
-    update_json::<Clusters>(store, layout::CLUSTERS, |c| c.add(&window, &all)).await?;
-    update_json::<State>(store, layout::ROLLUP_STATE, |s| {
-        if s.pending != Some((from, to)) {
+    let at = DateTime::<Utc>::from_timestamp_millis(pending.at_ms).unwrap_or_default();
+    update_json::<Clusters>(store, layout::CLUSTERS, fence, |c| c.add(window, &all, at)).await?;
+    let deletes: Vec<_> = pending
+        .rows
+        .iter()
+        .map(|(k, _)| k)
+        .chain(&pending.strays)
+        .map(|key| delete_fenced(store, key, fence))
+        .collect();
+    futures::stream::iter(deletes)
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    update_json::<State>(store, layout::ROLLUP_STATE, fence, |s| {
+        if s.pending.as_ref().map(|p| &p.window) != Some(window) {
             return false;
         }
         s.pending = None;
-        s.watermark_ms = to;
         true
     })
     .await?;
     Ok(out)
 }
 
-/// The reports that arrived in `(from, to]`, read and checked again.
-async fn collect(
+async fn delete_fenced(store: &Store, key: &str, fence: &Fence<'_>) -> Result<(), RollupError> {
+    fenced_write(fence)?;
+    Ok(store.delete(key).await?)
+}
+
+/// Reads one report of a window, from the inbox or, on a redo, from `kept/`, and copies it
+/// there; `None` for an object that is not a valid report (it is removed from the inbox with
+/// the rest, and never copied).
+async fn read_row(
     store: &Store,
-    from: i64,
-    to: i64,
-    out: &mut Outcome,
-) -> Result<Vec<Row>, RollupError> {
-    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
-    // The first run looks at everything; later ones at the days a new arrival can be in.
-    let prefixes: Vec<String> = if from == 0 {
-        vec![layout::RECEIVED.to_string()]
-    } else {
-        let mut day = at(from) - MAX_AGE - chrono::Duration::days(1);
-        let mut days = Vec::new();
-        while day <= at(to) + chrono::Duration::days(1) {
-            days.push(layout::received_day_prefix(&day_of(day)));
-            day += chrono::Duration::days(1);
+    key: &str,
+    arrived_ms: i64,
+    fence: &Fence<'_>,
+) -> Result<Option<Row>, RollupError> {
+    let kept = layout::kept_key(key);
+    let (bytes, in_inbox) = match store.get(key).await {
+        Ok(obj) => (obj.bytes, true),
+        Err(StoreError::NotFound { .. }) => match store.get(&kept).await {
+            Ok(obj) => (obj.bytes, false),
+            // Gone from both: forgotten since the window was recorded.
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        },
+        Err(e @ (StoreError::TooLarge { .. } | StoreError::NotRegular { .. })) => {
+            tracing::warn!(error = %e, "rollup: skipping an object that is not a report");
+            return Ok(None);
         }
-        days
+        Err(e) => return Err(e.into()),
     };
-    let mut rows = Vec::new();
-    for prefix in prefixes {
-        for entry in store.entries(&prefix).await? {
-            let ms = entry.modified.timestamp_millis();
-            if ms <= from || ms > to {
-                continue;
+    let received_at = DateTime::<Utc>::from_timestamp_millis(arrived_ms).unwrap_or_default();
+    let (signature, body) = layout::split_stored(&bytes);
+    // Checked at intake; checked again, with the arrival as "now", so that nothing in the
+    // bucket that is not a report becomes a row.
+    let report = match intake::parse(body, received_at) {
+        Ok(report) => report,
+        Err(why) => {
+            tracing::warn!(%key, reason = %why, "rollup: skipping an object that is not a report");
+            return Ok(None);
+        }
+    };
+    let signed = match signature {
+        None => false,
+        Some(sig) => match crate::signing::verify(sig, body) {
+            Ok(_) => true,
+            Err(why) => {
+                tracing::warn!(%key, reason = %why, "rollup: skipping a report whose signature does not verify");
+                return Ok(None);
             }
-            let bytes = match store.get(&entry.key).await {
-                Ok(obj) => obj.bytes,
-                Err(StoreError::NotFound { .. }) => continue,
-                Err(e @ (StoreError::TooLarge { .. } | StoreError::NotRegular { .. })) => {
-                    tracing::warn!(error = %e, "rollup: skipping an object that is not a report");
-                    out.skipped += 1;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            // Checked at intake; checked again, with the arrival as "now", so that nothing in
-            // the bucket that is not a report becomes a row.
-            match intake::parse(&bytes, entry.modified) {
-                Ok(report) => rows.push(Row {
-                    report,
-                    received_at: entry.modified,
-                }),
-                Err(why) => {
-                    tracing::warn!(key = %entry.key, reason = %why, "rollup: skipping an object that is not a report");
-                    out.skipped += 1;
-                }
-            }
+        },
+    };
+    if in_inbox {
+        fenced_write(fence)?;
+        match store.create(&kept, bytes.clone()).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(rows)
+    Ok(Some(Row {
+        report,
+        received_at,
+        signed,
+    }))
 }
 
 /// The Parquet columns, stable: analysts' queries depend on them.
@@ -262,7 +406,27 @@ pub fn schema() -> Schema {
         text("edition", false),
         text("metrics", false),
         Field::new("receivedAt", ts, false),
+        Field::new("signed", DataType::Boolean, false),
     ])
+}
+
+/// Writes record batches as one Parquet file, as every rollup file is written.
+pub(crate) fn write_parquet(
+    batches: &[RecordBatch],
+    schema: Arc<Schema>,
+) -> Result<Vec<u8>, RollupError> {
+    let failed = |e: &dyn std::fmt::Display| RollupError::Parquet(e.to_string());
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props))
+        .map_err(|e| failed(&e))?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| failed(&e))?;
+    }
+    writer.close().map_err(|e| failed(&e))?;
+    Ok(buf)
 }
 
 fn parquet(rows: &[Row]) -> Result<Vec<u8>, RollupError> {
@@ -296,16 +460,9 @@ fn parquet(rows: &[Row]) -> Result<Vec<u8>, RollupError> {
         text(&|r| &r.report.edition),
         text(&|r| &r.report.metrics),
         time(&|r| r.received_at),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.signed)))),
     ];
-    let failed = |e: &dyn std::fmt::Display| RollupError::Parquet(e.to_string());
-    let batch = RecordBatch::try_new(Arc::new(schema()), columns).map_err(|e| failed(&e))?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
-    let mut buf = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
-        .map_err(|e| failed(&e))?;
-    writer.write(&batch).map_err(|e| failed(&e))?;
-    writer.close().map_err(|e| failed(&e))?;
-    Ok(buf)
+    let batch = RecordBatch::try_new(Arc::new(schema()), columns)
+        .map_err(|e| RollupError::Parquet(e.to_string()))?;
+    write_parquet(std::slice::from_ref(&batch), batch.schema())
 }

@@ -28,6 +28,8 @@ pub struct Row {
     pub report: Received,
     /// When the store took it.
     pub received_at: DateTime<Utc>,
+    /// Whether it carried a valid signature of its cluster's key.
+    pub signed: bool,
 }
 
 /// The `YYYY-MM-DD` (UTC) of a slot.
@@ -85,8 +87,55 @@ pub struct Cluster {
     pub instances: u64,
     /// Reports stored.
     pub reports: u64,
-    /// Its latest slot.
+    /// Its latest slot that is not in the future.
     pub last_interval: String,
+    /// Whether its reports are signed (its key is pinned).
+    #[serde(default)]
+    pub signed: bool,
+    /// Whether its reports carry instance IDs (ours); then reports without one (Tempo's shape)
+    /// never move its latest state.
+    #[serde(default, rename = "instanceIDs")]
+    pub instance_ids: bool,
+}
+
+impl Cluster {
+    /// Takes a report of `slot` into the latest state: a later slot replaces it, the same slot
+    /// adds an instance, an earlier one changes nothing; a report with an instance ID replaces a
+    /// state made of reports without, and one without never moves a state made of reports with.
+    fn advance(&mut self, slot: DateTime<Utc>, version: &str, has_instance: bool) {
+        if !has_instance && self.instance_ids {
+            return;
+        }
+        let last = timefmt::parse_rfc3339(&self.last_interval).map(|t| t.to_utc());
+        match last {
+            _ if has_instance && !self.instance_ids => {}
+            Some(l) if slot < l => return,
+            Some(l) if slot == l => {
+                self.instances += 1;
+                return;
+            }
+            _ => {}
+        }
+        self.instance_ids = has_instance;
+        self.last_interval = timefmt::rfc3339_nano(&slot);
+        self.instances = 1;
+        self.version = version.to_string();
+    }
+}
+
+/// A report whose slot was ahead of the receiver's clock when rolled up: it joins its
+/// cluster's latest state once its slot is due, not before, so a slot sent from the future
+/// cannot take over what the API shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ahead {
+    /// The cluster.
+    pub cluster: String,
+    /// The slot.
+    pub slot: DateTime<Utc>,
+    /// Its version.
+    pub version: String,
+    /// Whether it had an instance ID.
+    pub has_instance: bool,
 }
 
 /// Every cluster's latest state.
@@ -97,6 +146,9 @@ pub struct Clusters {
     /// Rollup windows applied.
     #[serde(default)]
     pub windows: VecDeque<String>,
+    /// Reports whose slot is not due yet.
+    #[serde(default)]
+    pub ahead: Vec<Ahead>,
 }
 
 fn remember(windows: &mut VecDeque<String>, window: &str) -> bool {
@@ -165,10 +217,19 @@ impl Day {
 }
 
 impl Clusters {
-    /// Adds a window's rows; `false` if the window was applied already.
-    pub fn add(&mut self, window: &str, rows: &[Row]) -> bool {
+    /// Adds a window's rows, rolled up at `now`; `false` if the window was applied already.
+    pub fn add(&mut self, window: &str, rows: &[Row], now: DateTime<Utc>) -> bool {
         if !remember(&mut self.windows, window) {
             return false;
+        }
+        let (due, ahead): (Vec<Ahead>, Vec<Ahead>) = std::mem::take(&mut self.ahead)
+            .into_iter()
+            .partition(|a| a.slot <= now);
+        self.ahead = ahead;
+        for a in due {
+            if let Some(c) = self.clusters.get_mut(&a.cluster) {
+                c.advance(a.slot, &a.version, a.has_instance);
+            }
         }
         for row in rows {
             let r = &row.report;
@@ -184,6 +245,7 @@ impl Clusters {
                     ..Cluster::default()
                 });
             c.reports += 1;
+            c.signed |= row.signed;
             c.targets.insert(r.target.clone());
             if row.received_at < parse(&c.first_seen) {
                 c.first_seen = at.clone();
@@ -191,15 +253,15 @@ impl Clusters {
             if row.received_at > parse(&c.last_seen) {
                 c.last_seen = at;
             }
-            let last = timefmt::parse_rfc3339(&c.last_interval).map(|t| t.to_utc());
-            match last {
-                Some(l) if r.slot() < l => {}
-                Some(l) if r.slot() == l => c.instances += 1,
-                _ => {
-                    c.last_interval = timefmt::rfc3339_nano(&r.slot());
-                    c.instances = 1;
-                    c.version = r.version.clone();
-                }
+            if r.slot() > now {
+                self.ahead.push(Ahead {
+                    cluster: r.cluster_id.clone(),
+                    slot: r.slot(),
+                    version: r.version.clone(),
+                    has_instance: r.instance_id.is_some(),
+                });
+            } else {
+                c.advance(r.slot(), &r.version, r.instance_id.is_some());
             }
         }
         true
@@ -228,6 +290,7 @@ mod tests {
         Row {
             received_at: report.slot(),
             report,
+            signed: false,
         }
     }
 
@@ -250,15 +313,73 @@ mod tests {
         assert_eq!((day.clusters, day.reports), (2, 3));
         assert_eq!(day.versions["1.0"], 1);
         let mut all = Clusters::default();
-        assert!(all.add("w1", &rows));
-        assert!(!all.add("w1", &rows));
+        let now = timefmt::parse_rfc3339("2026-02-02T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert!(all.add("w1", &rows, now));
+        assert!(!all.add("w1", &rows, now));
         assert_eq!(all.clusters[A].instances, 2);
         assert_eq!(all.clusters[A].reports, 2);
         // A newer slot resets the replica count; an older one leaves it.
-        all.add("w2", &[row(A, "2026-02-01T04:00:00Z", Some(B), "1.1")]);
-        all.add("w3", &[row(A, "2026-01-31T04:00:00Z", Some(B), "0.9")]);
+        all.add("w2", &[row(A, "2026-02-01T04:00:00Z", Some(B), "1.1")], now);
+        all.add("w3", &[row(A, "2026-01-31T04:00:00Z", Some(B), "0.9")], now);
         let a = &all.clusters[A];
         assert_eq!((a.instances, a.reports, a.version.as_str()), (1, 4, "1.1"));
         assert_eq!(a.first_seen, "2026-01-31T04:00:00Z");
+    }
+
+    #[test]
+    fn a_future_slot_or_a_report_without_instance_id_does_not_take_over() {
+        let now = timefmt::parse_rfc3339("2026-02-01T08:00:00Z")
+            .unwrap()
+            .to_utc();
+        let mut all = Clusters::default();
+        all.add(
+            "w1",
+            &[
+                row(A, "2026-02-01T08:00:00Z", Some(A), "1.0"),
+                row(A, "2026-02-01T08:00:00Z", Some(B), "1.0"),
+            ],
+            now,
+        );
+        // Nine minutes ahead, and a Tempo-shaped report of a later slot: neither moves it.
+        all.add(
+            "w2",
+            &[
+                row(A, "2026-02-01T08:09:00Z", Some(B), "9.9.9-HIJACK"),
+                row(A, "2026-02-01T09:00:00Z", None, "6.6.6"),
+            ],
+            now,
+        );
+        let a = &all.clusters[A];
+        assert_eq!((a.instances, a.version.as_str()), (2, "1.0"));
+        // Once due, the future slot counts; a report without instance ID still does not.
+        let later = timefmt::parse_rfc3339("2026-02-01T08:10:00Z")
+            .unwrap()
+            .to_utc();
+        all.add("w3", &[], later);
+        assert_eq!(all.clusters[A].version, "9.9.9-HIJACK");
+        assert_eq!(all.ahead.len(), 1, "the 09:00 slot is not due yet");
+        let nine = timefmt::parse_rfc3339("2026-02-01T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        all.add("w3b", &[], nine);
+        assert!(all.ahead.is_empty());
+        assert_eq!(
+            all.clusters[A].version, "9.9.9-HIJACK",
+            "due, still without instance ID"
+        );
+        // A cluster first seen through reports without instance IDs takes ours when they come.
+        all.add("w4", &[row(B, "2026-02-01T08:00:00Z", None, "2.0")], later);
+        all.add(
+            "w5",
+            &[row(B, "2026-02-01T04:00:00Z", Some(A), "2.1")],
+            later,
+        );
+        let b = &all.clusters[B];
+        assert_eq!(
+            (b.instances, b.version.as_str(), b.instance_ids),
+            (1, "2.1", true)
+        );
     }
 }

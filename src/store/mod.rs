@@ -338,6 +338,22 @@ impl Store {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.call("delete", key, self.backend.delete(key)).await
     }
+
+    /// As [`Store::exists`], for a key made on the spot.
+    pub async fn exists_owned(&self, key: String) -> Result<bool, StoreError> {
+        self.exists(&key).await
+    }
+
+    /// Whether an object is at `key` (its bytes are not read).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.get_limited(key, 0).await {
+            Ok(_) | Err(StoreError::TooLarge { .. }) | Err(StoreError::NotRegular { .. }) => {
+                Ok(true)
+            }
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// An error and its causes on one line: top-level messages alone often say only "Generic S3
