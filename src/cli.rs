@@ -31,6 +31,14 @@ impl std::str::FromStr for Dur {
     }
 }
 
+/// A duration flag that may be zero (`0`, `0s`): a wait that can be turned off.
+fn wait_or_zero(s: &str) -> Result<Dur, String> {
+    match s.trim() {
+        "0" | "0s" | "0ms" => Ok(Dur(Duration::ZERO)),
+        other => other.parse(),
+    }
+}
+
 /// Anonymous usage reporting for a cluster of replicas sharing one bucket
 #[derive(Debug, Parser)]
 #[command(
@@ -145,7 +153,7 @@ pub struct ReceiveArgs {
     pub rate_burst: f64,
     /// How long a stored report waits before a rollup takes it (batches bursts; nothing depends
     /// on it).
-    #[arg(long, env = "REPORTER_SETTLE", default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
+    #[arg(long, env = "REPORTER_SETTLE", value_parser = wait_or_zero, default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
     pub settle: Dur,
     /// A load balancer or proxy (CIDR or address; repeatable, or comma-separated in the
     /// variable) whose X-Forwarded-For / Forwarded header is believed. Others' are ignored.
@@ -180,7 +188,7 @@ pub struct RollupArgs {
     #[command(flatten)]
     pub store: ReceiverStoreArgs,
     /// How long a stored report waits before a rollup takes it.
-    #[arg(long, env = "REPORTER_SETTLE", default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
+    #[arg(long, env = "REPORTER_SETTLE", value_parser = wait_or_zero, default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
     pub settle: Dur,
 }
 

@@ -361,7 +361,7 @@ async fn accept(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
             let mut conn = std::pin::pin!(conn);
             let closing = async {
                 tokio::select! {
@@ -428,4 +428,177 @@ fn request_service(
             }
         }
     })
+}
+
+/// The connection's bytes, with the error answers hyper writes by itself made one line of
+/// JSON like every other error. hyper answers a request it cannot parse (a bad
+/// `Content-Length`, headers over its limit, a broken request line) with a status and no
+/// body; such a response, and any other body-less 4xx or 5xx, gets `{"error": "..."}`.
+/// Everything else passes through untouched.
+struct JsonErrors<S> {
+    inner: S,
+    /// A rewritten response not yet written whole, and how much of it is.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+impl<S> JsonErrors<S> {
+    fn new(inner: S) -> Self {
+        JsonErrors {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+/// The JSON version of a body-less error response, if `head` is one.
+fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let status: u16 = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    let (headers, rest) = text.split_once("\r\n\r\n")?;
+    if status < 400 || !rest.is_empty() {
+        return None;
+    }
+    let mut lines = headers.split("\r\n");
+    let status_line = lines.next()?;
+    let others: Vec<&str> = lines.collect();
+    if !others
+        .iter()
+        .any(|l| l.eq_ignore_ascii_case("content-length: 0"))
+    {
+        return None;
+    }
+    let message = match status {
+        400 => "the request is not HTTP/1.1 that can be read (request line, a header or Content-Length)",
+        404 => "no such route",
+        405 => "this route does not take that method",
+        414 => "the request's URI is too long",
+        431 => "the request's headers are too large",
+        _ => "the request cannot be answered",
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut out = format!("{status_line}\r\n");
+    for l in others {
+        let name = l.split(':').next().unwrap_or_default();
+        if !name.eq_ignore_ascii_case("content-length")
+            && !name.eq_ignore_ascii_case("content-type")
+        {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!(
+        "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    Some(out.into_bytes())
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> JsonErrors<S> {
+    /// Writes what is pending; ready once it is all written.
+    fn drive(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while let Some((bytes, written)) = &mut self.pending {
+            if *written == bytes.len() {
+                self.pending = None;
+                break;
+            }
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JsonErrors<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JsonErrors<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match this.drive(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        if let Some(rewritten) = with_json_body(buf) {
+            this.pending = Some((rewritten, 0));
+            if let Poll::Ready(Err(e)) = this.drive(cx) {
+                return Poll::Ready(Err(e));
+            }
+            // The caller's bytes are taken: the rest is written by flush.
+            return Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.drive(cx))?;
+        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.drive(cx))?;
+        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+
+    // Not vectored: hyper then hands each response head over in one buffer.
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_less_error_answers_get_a_json_line_and_nothing_else_changes() {
+        let hyper_400 = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = String::from_utf8(with_json_body(hyper_400).unwrap()).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ndate: x\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("Content-Length"));
+        // A response with a body, a success, or a partial head pass untouched.
+        for same in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n",
+            b"{\"clusterID\":1}",
+        ] {
+            assert!(with_json_body(same).is_none());
+        }
+    }
 }

@@ -754,11 +754,36 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn over_cap() -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "the report is larger than 1 MiB",
-    )
+/// Every error answer is one line of JSON, axum's own rejections (a body over the cap, a
+/// bad content type, a body cut short) included; their status and headers are kept.
+async fn as_json(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the report is larger than 1 MiB".to_string()
+    } else {
+        // axum says what was wrong in a short text body: keep it, on one line.
+        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text).replace(['\n', '\r'], " ");
+        match text.trim() {
+            "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+            t => t.to_string(),
+        }
+    };
+    let mut fresh = error(status, message);
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(k, v.clone());
+        }
+    }
+    fresh
 }
 
 fn router(app: App) -> Router {
@@ -779,20 +804,14 @@ fn router(app: App) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .layer(axum::middleware::map_response(
-            |resp: Response| async move {
-                // axum's own 413 is plain text; say it as every other error is said.
-                if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
-                    && resp
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .is_none_or(|v| v != "application/json")
-                {
-                    return over_cap().await;
-                }
-                resp
-            },
-        ))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
+        .layer(axum::middleware::map_response(as_json))
         .with_state(app)
 }
 

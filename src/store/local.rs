@@ -229,6 +229,28 @@ fn read_limited(key: &str, path: &Path, limit: usize) -> Result<Object, StoreErr
 }
 
 /// Writes `bytes` to a fresh hidden file beside `target` and syncs it.
+/// Fault injection for the tests, off unless `REPORTER_TEST_STALL_BEFORE_LINK` is set to
+/// `<key prefix>=<milliseconds>`: a create of a key under that prefix waits that long between
+/// writing its bytes and linking them into place, as a process paused there would (the
+/// receiver's integrity tests use it to reproduce a stall no timestamp can order).
+fn stall_before_link(key: &str) {
+    static STALL: std::sync::OnceLock<Option<(String, std::time::Duration)>> =
+        std::sync::OnceLock::new();
+    let stall = STALL.get_or_init(|| {
+        let v = std::env::var("REPORTER_TEST_STALL_BEFORE_LINK").ok()?;
+        let (prefix, ms) = v.rsplit_once('=')?;
+        Some((
+            prefix.to_string(),
+            std::time::Duration::from_millis(ms.parse().ok()?),
+        ))
+    });
+    if let Some((prefix, wait)) = stall {
+        if key.starts_with(prefix.as_str()) {
+            std::thread::sleep(*wait);
+        }
+    }
+}
+
 fn write_temp(key: &str, target: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
     let dir = target.parent().ok_or_else(|| StoreError::Other {
         key: key.to_string(),
@@ -310,6 +332,7 @@ impl Backend for LocalDir {
     async fn create(&self, key: &str, bytes: Bytes) -> Result<Version, StoreError> {
         self.at(key, move |k, path| {
             let temp = write_temp(k, path, &bytes)?;
+            stall_before_link(k);
             let linked = fs::hard_link(&temp, path);
             let _ = fs::remove_file(&temp);
             linked.map_err(|e| map_io(k, e))?;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod gcs_fake;
+pub mod rx;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -166,6 +167,13 @@ pub struct Proc {
 impl Proc {
     pub fn spawn<S: AsRef<str>>(args: &[S]) -> Proc {
         Self::spawn_cmd(Command::new(bin()), args)
+    }
+
+    /// As [`Proc::spawn`], with these environment variables set.
+    pub fn spawn_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
+        Self::spawn_cmd(cmd, args)
     }
 
     /// `reporter run`, as [`Proc::run`], with at most `nofile` open file descriptors.
