@@ -4,6 +4,9 @@
 //! receiver_bench load URL N CONCURRENCY   POST N distinct reports; print reports per second
 //! receiver_bench fill DIR N               store N reports of today under DIR/received/
 //! receiver_bench design-point DIR         90 days of summaries for 100,000 clusters of 3
+//! receiver_bench attack ADDR IDLE SLOW N  open IDLE idle and SLOW slow-body connections
+//!                                         (from 127.1.x.y and 127.2.x.y, 20 per address),
+//!                                         then time N legitimate POSTs; print p50 p99 max ms
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +110,57 @@ async fn fill(dir: String, n: usize) {
     }
 }
 
+async fn connect_from(
+    src: std::net::Ipv4Addr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(src.into(), 0))?;
+    socket.connect(to).await
+}
+
+async fn attack(addr: std::net::SocketAddr, idle: u32, slow: u32, n: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for i in 0..idle {
+        let src = std::net::Ipv4Addr::new(127, 1, (i / 20) as u8, 1 + (i % 20) as u8);
+        held.push(connect_from(src, addr).await.expect("idle connection"));
+    }
+    for i in 0..slow {
+        let src = std::net::Ipv4Addr::new(127, 2, (i / 20) as u8, 1 + (i % 20) as u8);
+        let mut s = connect_from(src, addr).await.expect("slow connection");
+        let head = "POST /api/v1/reports HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{";
+        s.write_all(head.as_bytes()).await.expect("slow head");
+        held.push(s);
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let url = format!("http://{addr}/api/v1/reports");
+    let slot = slot();
+    let mut ms = Vec::new();
+    for i in 0..n {
+        let body = report(1_000_000 + i, &slot).to_string();
+        let started = Instant::now();
+        let ok = client
+            .post(&url)
+            .body(body)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        ms.push(if ok {
+            started.elapsed().as_secs_f64() * 1000.0
+        } else {
+            f64::INFINITY
+        });
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    println!("{:.1} {:.1} {:.1}", at(0.5), at(0.99), ms[ms.len() - 1]);
+    drop(held);
+}
+
 fn design_point(dir: &str) {
     let clusters = 100_000u128;
     let today = Utc::now().date_naive();
@@ -182,8 +236,17 @@ async fn main() {
         }
         "fill" => fill(arg(2), arg(3).parse().unwrap_or(1000)).await,
         "design-point" => design_point(&arg(2)),
+        "attack" => {
+            attack(
+                arg(2).parse().expect("ADDR"),
+                arg(3).parse().unwrap_or(2000),
+                arg(4).parse().unwrap_or(500),
+                arg(5).parse().unwrap_or(100),
+            )
+            .await
+        }
         _ => eprintln!(
-            "usage: receiver_bench load URL N CONCURRENCY | fill DIR N | design-point DIR"
+            "usage: receiver_bench load URL N CONCURRENCY | fill DIR N | design-point DIR | attack ADDR IDLE SLOW N"
         ),
     }
 }

@@ -4,7 +4,9 @@
 #      (64 concurrent clients on loopback, every report distinct);
 #   2. summary, clusters and dashboard latency over 90 days at the design point (100,000
 #      clusters of 3 replicas), cold (first request) and warm (p50/p99 of 50);
-#   3. rollup time for 50,000 reports of one day, and per day at 1.8 M reports.
+#   3. rollup time for 50,000 reports of one day, and per day at 1.8 M reports;
+#   4. a legitimate POST's latency (p50, p99, max of 100) alone and while 2,000 idle and 500
+#      slow-body connections are open, three runs each.
 #
 #   scripts/bench-receiver.sh            # N=20000 reports for 1.
 set -euo pipefail
@@ -73,3 +75,15 @@ n = int(sys.argv[3])
 print(f"| rollup of {n} reports of one day (s) | {secs:.2f} |")
 print(f"| rollup time per day at 1.8 M reports, extrapolated (min) | {secs * 1_800_000 / n / 60:.1f} |")
 PY
+
+# 4. Served under attack: fresh receivers, a fresh connection per legitimate request.
+for run in 1 2 3; do
+  start_receiver --store "$work/attack$run"
+  read -r p50 p99 max < <("$bench" attack "$addr" 0 0 100)
+  echo "| legitimate POST, no attack, run $run: p50, p99, max (ms) | $p50, $p99, $max |"
+  stop_receiver
+  start_receiver --store "$work/attacked$run"
+  read -r p50 p99 max < <("$bench" attack "$addr" 2000 500 100)
+  echo "| legitimate POST with 2,000 idle + 500 slow-body connections open, run $run: p50, p99, max (ms) | $p50, $p99, $max |"
+  stop_receiver
+done
