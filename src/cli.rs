@@ -163,6 +163,9 @@ pub struct ReceiveArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// The header the trusted proxies write (only that one is read).
+    #[arg(long, env = "REPORTER_FORWARDED_HEADER", value_enum, default_value_t = crate::net::ForwardedHeader::XForwardedFor)]
+    pub forwarded_header: crate::net::ForwardedHeader,
     /// Connections at once; past 3/4 of it idle connections are closed early.
     #[arg(long, env = "REPORTER_MAX_CONNECTIONS", default_value_t = crate::receiver::defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -187,9 +190,6 @@ pub struct RollupArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: ReceiverStoreArgs,
-    /// How long a stored report waits before a rollup takes it.
-    #[arg(long, env = "REPORTER_SETTLE", value_parser = wait_or_zero, default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
-    pub settle: Dur,
 }
 
 impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
@@ -204,6 +204,7 @@ impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
             rate_limit: a.rate_limit,
             rate_burst: a.rate_burst,
             trusted_proxies: a.trusted_proxies,
+            forwarded_header: a.forwarded_header,
             max_connections: a.max_connections,
             max_client_connections: a.max_client_connections,
             request_timeout: a.request_timeout.0,

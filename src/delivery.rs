@@ -706,7 +706,6 @@ impl Delivery {
         create_key: bool,
     ) -> Result<Duration, PostError> {
         let started = Instant::now();
-        let signature = self.signing_key(create_key).await.map(|k| k.header(&body));
         // Retries scale with the interval: 500 ms to 30 s at hours, faster for short slots.
         let mut delays = backoff(
             Duration::from_millis(500).min(self.cfg.interval / 10),
@@ -723,6 +722,8 @@ impl Delivery {
             if leader().is_none() {
                 return Err(PostError::NotLeader);
             }
+            // On every attempt: a key that could not be read at the first may be by the next.
+            let signature = self.signing_key(create_key).await.map(|k| k.header(&body));
             let mut request = self
                 .client
                 .post(url.clone())

@@ -150,6 +150,8 @@ pub struct ServerStats {
     pub evicted: AtomicU64,
     /// Requests answered 408: their body or answer took too long.
     pub timed_out: AtomicU64,
+    /// Requests being answered now.
+    pub in_flight: AtomicUsize,
 }
 
 /// One open connection, as the accept loop sees it.
@@ -187,15 +189,21 @@ impl Conns {
         self.lock().open.len()
     }
 
-    /// Registers a connection unless its group is at `cap`.
+    /// Registers a connection unless its group is at `cap` with none of its connections idle;
+    /// at the cap, the group's oldest idle connection is asked to close to make room, so one
+    /// host holding idle connections cannot lock its neighbours out.
     fn open(self: &Arc<Self>, group: Option<IpAddr>, cap: usize) -> Option<ConnGuard> {
         let mut inner = self.lock();
         if let Some(g) = group {
-            let n = inner.per_group.entry(g).or_default();
-            if *n >= cap {
-                return None;
+            if inner.per_group.get(&g).copied().unwrap_or(0) >= cap {
+                let idle = inner.open.values().find(|c| {
+                    c.group == Some(g)
+                        && c.in_flight.load(Ordering::Acquire) == 0
+                        && !c.close.is_cancelled()
+                })?;
+                idle.close.cancel();
             }
-            *n += 1;
+            *inner.per_group.entry(g).or_default() += 1;
         }
         let id = inner.next;
         inner.next += 1;
@@ -253,6 +261,15 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Takes one back from a gauge when dropped.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts a request in flight on its connection for as long as it lives.
 struct InFlight(Arc<Conn>);
 
@@ -277,11 +294,27 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<ServerStats>)> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = listen(addr)?;
     let local = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
     let task = tokio::spawn(accept(listener, router, limits, stats.clone(), shutdown));
     Ok((local, task, stats))
+}
+
+/// Connections the kernel queues before they are accepted: a burst (a slot's deliveries, a
+/// crowd of scrapers) waits there rather than having its SYNs dropped and retried a second
+/// later.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Waits until a new connection may be taken: closes idle ones when busy, and past the cap
@@ -355,6 +388,7 @@ async fn accept(
         stats.open.fetch_add(1, Ordering::Relaxed);
         let service = request_service(router.clone(), peer, guard.conn.clone(), &limits, &stats);
         let (shutdown, stats) = (shutdown.clone(), stats.clone());
+        let request_timeout = limits.request_timeout;
         connections.spawn(async move {
             let close = guard.conn.close.clone();
             let mut builder = http1::Builder::new();
@@ -375,9 +409,9 @@ async fn accept(
                 _ = closing => false,
             };
             if !finished {
-                // Finish the request in flight, if any, then close.
+                // Finish the request in flight, if any (it has its own deadline), then close.
                 conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                let _ = tokio::time::timeout(request_timeout, conn.as_mut()).await;
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(guard);
@@ -408,8 +442,10 @@ fn request_service(
             .insert(axum::extract::ConnectInfo(peer));
         let (router, stats) = (router.clone(), stats.clone());
         let in_flight = InFlight::new(conn.clone());
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
         async move {
             let _in_flight = in_flight;
+            let _counted = Decrement(&stats.in_flight);
             match tokio::time::timeout(deadline, router.oneshot(req)).await {
                 Ok(answer) => answer,
                 Err(_) => {
@@ -452,6 +488,11 @@ impl<S> JsonErrors<S> {
 
 /// The JSON version of a body-less error response, if `head` is one.
 fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
+    // A body-less head is short; a long buffer (a body, a tail after a partial write) is not
+    // one, and is not scanned.
+    if head.len() > 4096 || !head.starts_with(b"HTTP/1.") {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let status: u16 = text
         .strip_prefix("HTTP/1.1 ")

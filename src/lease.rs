@@ -376,7 +376,15 @@ impl Elector {
             });
         }
         let since = observed.as_ref().map_or(started, |o| o.since);
-        let expired = started.saturating_duration_since(since) >= self.cfg.ttl;
+        // The holder's TTL if it is longer than ours: a holder renews on its own timings, and a
+        // follower configured shorter (a one-shot command beside receivers, say) must not take
+        // a lease that is only between two of its renewals.
+        // (At most ten times ours: a foreign or damaged record cannot make us wait for ever.)
+        let ttl = record.as_ref().map_or(self.cfg.ttl, |r| {
+            let theirs = Duration::from_millis(r.ttl_ms).min(self.cfg.ttl * 10);
+            self.cfg.ttl.max(theirs)
+        });
+        let expired = started.saturating_duration_since(since) >= ttl;
         let free = match &record {
             None => {
                 if changed {
@@ -393,7 +401,7 @@ impl Elector {
         if !free {
             // Poll again at the usual period, or right when the lease would expire if it stays
             // as it is, so a dead leader is replaced within one TTL plus one polling period.
-            let expires_in = (since + self.cfg.ttl).saturating_duration_since(started);
+            let expires_in = (since + ttl).saturating_duration_since(started);
             return Ok(self
                 .cfg
                 .poll_period

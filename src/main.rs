@@ -10,7 +10,7 @@ use usage_reporter::cli::{
 };
 use usage_reporter::cli::{ForgetArgs, ReceiveArgs, RollupArgs};
 use usage_reporter::inspect;
-use usage_reporter::receiver::{forget, rollup, ReceiveError, Receiver};
+use usage_reporter::receiver::{self, forget, By, ReceiveError, Receiver};
 use usage_reporter::replica::{Options, ReplicaBuilder};
 use usage_reporter::store::{self, Store};
 
@@ -129,31 +129,18 @@ async fn receive(args: ReceiveArgs) -> Result<(), Failure> {
 async fn rollup(args: RollupArgs) -> Result<(), Failure> {
     let store = store::open(&args.store.store, &args.store.client.store_options)
         .map_err(|e| Failure(2, format!("--store: {e}")))?;
-    // Every report stored before the command started: window after window until the inbox
-    // is empty.
-    let started = chrono::Utc::now();
-    let mut total = rollup::Outcome::default();
-    loop {
-        let out = rollup::run_once(&store, started, args.settle.0, &rollup::unfenced())
-            .await
-            .map_err(|e| {
-                Failure(
-                    1,
-                    format!("rollup failed: {e}; run it again to redo its window"),
-                )
-            })?;
-        if out.window.is_empty() {
-            break;
+    match receiver::roll_up_all(&store).await {
+        Ok(total) => println!(
+            "rolled up {} reports into {} Parquet files ({} skipped)",
+            total.rows, total.files, total.skipped
+        ),
+        Err(e) => {
+            return Err(Failure(
+                1,
+                format!("rollup failed: {e}; run it again to redo its window"),
+            ))
         }
-        total.rows += out.rows;
-        total.files += out.files;
-        total.skipped += out.skipped;
-        total.window = out.window;
     }
-    println!(
-        "rolled up {} reports into {} Parquet files ({} skipped)",
-        total.rows, total.files, total.skipped
-    );
     Ok(())
 }
 
@@ -165,11 +152,11 @@ async fn forget(args: ForgetArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| failed(&e))?
     {
-        forget::By::Us(gone) => println!(
+        By::Us(gone) => println!(
             "forgot cluster {}: {} raw reports, {} Parquet rows in {} files, {} days of summaries",
             args.cluster, gone.raw, gone.rows, gone.files, gone.days
         ),
-        forget::By::Leader => println!(
+        By::Leader => println!(
             "forgot cluster {}: carried out by the rollup leader (its log says what was removed)",
             args.cluster
         ),

@@ -105,15 +105,31 @@ pub fn trusted(proxies: &[Cidr], ip: IpAddr) -> bool {
     proxies.iter().any(|c| c.contains(ip))
 }
 
+/// Which header the trusted proxies write. Only that one is read: a client can send the other
+/// through a proxy that passes it on untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, AWS and GCP load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
 /// The client behind `peer`: `peer` itself unless it is a trusted proxy, in which case the
-/// forwarding headers are read from the nearest hop outwards, skipping trusted proxies, and the
-/// first address that is not one is the client. `Forwarded` (RFC 7239) wins over
-/// `X-Forwarded-For`. A header that cannot be read leaves the proxy as the client.
-pub fn client_address(peer: IpAddr, proxies: &[Cidr], headers: &axum::http::HeaderMap) -> IpAddr {
+/// forwarding header is read from the nearest hop outwards, skipping trusted proxies, and the
+/// first address that is not one is the client. A header that cannot be read leaves the proxy
+/// as the client.
+pub fn client_address(
+    peer: IpAddr,
+    proxies: &[Cidr],
+    header: ForwardedHeader,
+    headers: &axum::http::HeaderMap,
+) -> IpAddr {
     if !trusted(proxies, peer) {
         return canonical(peer);
     }
-    let hops = forwarded_hops(headers);
+    let hops = forwarded_hops(header, headers);
     let mut client = canonical(peer);
     for hop in hops.into_iter().rev() {
         client = hop;
@@ -124,9 +140,9 @@ pub fn client_address(peer: IpAddr, proxies: &[Cidr], headers: &axum::http::Head
     client
 }
 
-/// The addresses in `Forwarded` (`for=`), else in `X-Forwarded-For`, client first. Unreadable
-/// entries (`unknown`, obfuscated names) end the list there: nothing before them is believed.
-fn forwarded_hops(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
+/// The addresses in the header (`for=` of `Forwarded`), client first. Unreadable entries
+/// (`unknown`, obfuscated names) end the list there: nothing before them is believed.
+fn forwarded_hops(header: ForwardedHeader, headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
     let joined = |name: &str| -> Option<String> {
         let values: Vec<&str> = headers
             .get_all(name)
@@ -135,7 +151,10 @@ fn forwarded_hops(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
             .collect();
         (!values.is_empty()).then(|| values.join(","))
     };
-    let raw: Vec<String> = if let Some(f) = joined("forwarded") {
+    let raw: Vec<String> = if header == ForwardedHeader::Forwarded {
+        let Some(f) = joined("forwarded") else {
+            return Vec::new();
+        };
         f.split(',')
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
@@ -146,10 +165,11 @@ fn forwarded_hops(headers: &axum::http::HeaderMap) -> Vec<IpAddr> {
                 })
             })
             .collect()
-    } else if let Some(x) = joined("x-forwarded-for") {
-        x.split(',').map(|s| s.trim().to_string()).collect()
     } else {
-        return Vec::new();
+        let Some(x) = joined("x-forwarded-for") else {
+            return Vec::new();
+        };
+        x.split(',').map(|s| s.trim().to_string()).collect()
     };
     // Believed from the nearest hop outwards: keep the suffix of readable addresses.
     let mut hops = Vec::new();
@@ -221,24 +241,20 @@ mod tests {
     #[test]
     fn forwarded_addresses_are_believed_only_from_trusted_peers() {
         let proxies: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let (xff, fwd) = (ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded);
+        let at = |peer: &str, header, h: &axum::http::HeaderMap| {
+            client_address(ip(peer), &proxies, header, h)
+        };
         let h = headers(&[("x-forwarded-for", "203.0.113.9, 10.0.0.7")]);
         // From a stranger: the header is ignored.
-        assert_eq!(
-            client_address(ip("198.51.100.1"), &proxies, &h),
-            ip("198.51.100.1")
-        );
+        assert_eq!(at("198.51.100.1", xff, &h), ip("198.51.100.1"));
         // From a trusted proxy: the nearest untrusted hop.
-        assert_eq!(
-            client_address(ip("10.0.0.2"), &proxies, &h),
-            ip("203.0.113.9")
-        );
+        assert_eq!(at("10.0.0.2", xff, &h), ip("203.0.113.9"));
         // A forged leftmost entry does not move the client past an untrusted hop.
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9")]);
-        assert_eq!(
-            client_address(ip("10.0.0.2"), &proxies, &h),
-            ip("203.0.113.9")
-        );
-        // RFC 7239, with ports and IPv6; it wins over X-Forwarded-For.
+        assert_eq!(at("10.0.0.2", xff, &h), ip("203.0.113.9"));
+        // RFC 7239, with ports and IPv6, read only when it is the proxies' header: a client's
+        // own Forwarded passed on by an X-Forwarded-For proxy is not believed.
         let h = headers(&[
             (
                 "forwarded",
@@ -246,18 +262,13 @@ mod tests {
             ),
             ("x-forwarded-for", "5.5.5.5"),
         ]);
-        assert_eq!(
-            client_address(ip("10.0.0.2"), &proxies, &h),
-            ip("2001:db8::1")
-        );
+        assert_eq!(at("10.0.0.2", fwd, &h), ip("2001:db8::1"));
+        assert_eq!(at("10.0.0.2", xff, &h), ip("5.5.5.5"));
         let h = headers(&[("forwarded", "for=unknown, for=192.0.2.4:80")]);
-        assert_eq!(
-            client_address(ip("10.0.0.2"), &proxies, &h),
-            ip("192.0.2.4")
-        );
+        assert_eq!(at("10.0.0.2", fwd, &h), ip("192.0.2.4"));
         // No header: the proxy itself.
         assert_eq!(
-            client_address(ip("10.0.0.2"), &proxies, &axum::http::HeaderMap::new()),
+            at("10.0.0.2", xff, &axum::http::HeaderMap::new()),
             ip("10.0.0.2")
         );
     }

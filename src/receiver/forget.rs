@@ -11,7 +11,7 @@
 //! in the day summaries (counts taken back exactly) and the all-clusters summary, and its
 //! pinned key. Reports of the cluster that arrive while it runs are not forgotten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layout;
 use super::rollup::{self, fenced_write, read_json, update_json, Fence, RollupError};
-use super::summary::{day_of, Clusters, Day, DayClusters};
+use super::summary::{day_of, remember, Clusters, Day, DayClusters};
 use crate::store::Store;
 
 /// Retention's progress.
@@ -73,6 +73,10 @@ pub async fn expire(
     fence: &Fence<'_>,
 ) -> Result<usize, RollupError> {
     let cutoff = day_of(now - chrono::Duration::from_std(retention).unwrap_or_default());
+    // Never while a window is recorded: it may name reports whose only copy is in kept/.
+    if rollup::pending(store).await? {
+        return Ok(0);
+    }
     let (state, _) = read_json::<Retention>(store, RETENTION_STATE).await?;
     let mut removed = 0;
     for day in days(store).await? {
@@ -108,26 +112,32 @@ pub struct Forgotten {
     pub days: usize,
 }
 
-/// Removes everything the receiver holds of `cluster`.
+/// Removes everything the receiver holds of `cluster`. Redone after a crash (with the same
+/// `nonce`), it takes each day's counts back once.
 pub async fn forget(
     store: &Store,
     cluster: &str,
+    nonce: &str,
     fence: &Fence<'_>,
 ) -> Result<Forgotten, RollupError> {
-    // Everything stored so far into Parquet first, so nothing is half in the inbox.
+    // Everything stored before now into Parquet first, so that nothing of it is half in the
+    // inbox; reports that arrive meanwhile may or may not be forgotten.
+    let before: HashSet<String> = store.list(layout::INBOX).await?.into_iter().collect();
     loop {
-        let out = rollup::run_once(store, Utc::now(), Duration::ZERO, fence).await?;
-        if out.window.is_empty() {
+        let inbox: HashSet<String> = store.list(layout::INBOX).await?.into_iter().collect();
+        if before.is_disjoint(&inbox) {
             break;
         }
+        rollup::run_once(store, Utc::now(), Duration::ZERO, fence).await?;
     }
     let mut gone = Forgotten {
         raw: delete_all(store, layout::INBOX, fence, |k| {
-            layout::cluster_of(k) == Some(cluster)
+            before.contains(k) && layout::cluster_of(k) == Some(cluster)
         })
         .await?,
         ..Forgotten::default()
     };
+    let memo = format!("forget-{nonce}");
     for day in days(store).await? {
         let (ids, _) = read_json::<DayClusters>(store, &layout::day_ids_key(&day)).await?;
         let raw = delete_all(
@@ -141,15 +151,26 @@ pub async fn forget(
             continue;
         }
         gone.raw += raw;
+        // Read first; take the counts back (once per request); rewrite the files; and only
+        // then drop the cluster from the day's list, which is what tells a redo to look here.
         let mut removed = Removed::default();
+        let mut rewrites = Vec::new();
         for key in store.list(&layout::rollup_day_prefix(&day)).await? {
             if !key.ends_with(".parquet") {
                 continue;
             }
             let bytes = store.get_limited(&key, MAX_PARQUET_BYTES).await?.bytes;
-            let Some(kept) = without(bytes, cluster, &mut removed)? else {
-                continue;
-            };
+            if let Some(kept) = without(bytes, cluster, &mut removed)? {
+                rewrites.push((key, kept));
+            }
+        }
+        let mut left = ids.clone();
+        left.clusters.remove(cluster);
+        update_json::<Day>(store, &layout::day_key(&day), fence, |d| {
+            remember(&mut d.windows, &memo) && removed.take_from(d, &left)
+        })
+        .await?;
+        for (key, kept) in rewrites {
             fenced_write(fence)?;
             match kept {
                 Some(file) => store.put(&key, file).await.map(|_| ())?,
@@ -158,12 +179,8 @@ pub async fn forget(
             gone.files += 1;
         }
         gone.rows += removed.rows as usize;
-        let ids = update_json::<DayClusters>(store, &layout::day_ids_key(&day), fence, |d| {
+        update_json::<DayClusters>(store, &layout::day_ids_key(&day), fence, |d| {
             d.clusters.remove(cluster).is_some()
-        })
-        .await?;
-        update_json::<Day>(store, &layout::day_key(&day), fence, |d| {
-            removed.take_from(d, &ids)
         })
         .await?;
         gone.days += 1;
@@ -274,15 +291,6 @@ fn without(
     )?)))
 }
 
-/// Who carried out a forget request.
-#[derive(Debug)]
-pub enum By {
-    /// This process, holding the rollup lease: what it removed.
-    Us(Forgotten),
-    /// The running rollup leader, at its next run.
-    Leader,
-}
-
 /// Why a forget request was not carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum ForgetError {
@@ -294,49 +302,57 @@ pub enum ForgetError {
     Waited(String),
 }
 
+impl From<super::LeaderError> for ForgetError {
+    fn from(e: super::LeaderError) -> Self {
+        match e {
+            super::LeaderError::Rollup(e) => ForgetError::Rollup(e),
+            super::LeaderError::Waited(w) => ForgetError::Waited(w),
+        }
+    }
+}
+
+/// A forget request: its nonce lets a redone forget take a day's counts back once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    requested_at: String,
+    nonce: String,
+}
+
 /// Asks for `cluster` to be forgotten, and waits up to `wait` for it: carried out by the
 /// running rollup leader, or by this process if it can take the rollup lease (no receiver
 /// running), so that only ever one process writes rollups.
-pub async fn carry_out(store: &Store, cluster: &str, wait: Duration) -> Result<By, ForgetError> {
+pub async fn carry_out(
+    store: &Store,
+    cluster: &str,
+    wait: Duration,
+) -> Result<super::By<Forgotten>, ForgetError> {
     let request = layout::forget_request_key(cluster);
-    let body = serde_json::json!({"requestedAt": crate::timefmt::rfc3339_nano(&Utc::now())});
-    store
-        .put(&request, body.to_string())
-        .await
-        .map_err(RollupError::from)?;
-    let elector = super::elector(store, super::defaults::ROLLUP_EVERY);
-    let release = tokio_util::sync::CancellationToken::new();
-    let election = {
-        let (elector, release) = (elector.clone(), release.clone());
-        tokio::spawn(async move { elector.run(release).await })
+    let body = Request {
+        requested_at: crate::timefmt::rfc3339_nano(&Utc::now()),
+        nonce: uuid::Uuid::new_v4().simple().to_string(),
     };
-    let deadline = tokio::time::Instant::now() + wait;
-    let outcome = loop {
-        if !store.exists(&request).await.map_err(RollupError::from)? {
-            break Ok(By::Leader);
-        }
-        if elector.term().is_some() {
-            let fence = || elector.term().is_some();
-            break carry_out_requests(store, &fence)
-                .await
-                .map(|mut done| {
-                    By::Us(
-                        done.iter_mut()
-                            .find(|(c, _)| c == cluster)
-                            .map(|(_, g)| std::mem::take(g))
-                            .unwrap_or_default(),
-                    )
-                })
-                .map_err(ForgetError::from);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break Err(ForgetError::Waited(crate::timefmt::format_duration(wait)));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    release.cancel();
-    let _ = election.await;
-    outcome
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    // Create, not overwrite: a request already there keeps its nonce.
+    match store.create(&request, bytes).await {
+        Ok(_) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(RollupError::from(e).into()),
+    }
+    let outcome = super::as_rollup_leader(
+        store,
+        wait,
+        async || Ok(!store.exists(&request).await?),
+        async |fence: &Fence<'_>| {
+            let mut done = carry_out_requests(store, fence).await?;
+            Ok(done
+                .iter_mut()
+                .find(|(c, _)| c == cluster)
+                .map(|(_, g)| std::mem::take(g))
+                .unwrap_or_default())
+        },
+    )
+    .await?;
+    Ok(outcome)
 }
 
 /// Carries out every forget request in the bucket (the rollup leader calls this before each
@@ -350,7 +366,13 @@ pub async fn carry_out_requests(
         let Some(cluster) = layout::cluster_of_forget_request(&key) else {
             continue;
         };
-        let gone = forget(store, cluster, fence).await?;
+        let (request, _) = read_json::<Request>(store, &key).await?;
+        let nonce = if request.nonce.is_empty() {
+            key.clone()
+        } else {
+            request.nonce
+        };
+        let gone = forget(store, cluster, &nonce, fence).await?;
         tracing::info!(
             cluster,
             raw = gone.raw,

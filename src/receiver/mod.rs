@@ -97,8 +97,10 @@ pub struct ReceiverOptions {
     pub rate_limit: f64,
     /// Reports one client may send at once before the rate applies.
     pub rate_burst: f64,
-    /// Peers whose `X-Forwarded-For` / `Forwarded` is believed.
+    /// Peers whose forwarding header is believed.
     pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// The header those proxies write.
+    pub forwarded_header: crate::net::ForwardedHeader,
     /// Connections at once.
     pub max_connections: usize,
     /// Connections at once from one client.
@@ -123,6 +125,7 @@ impl Default for ReceiverOptions {
             rate_limit: defaults::RATE_LIMIT,
             rate_burst: defaults::BURST,
             trusted_proxies: Vec::new(),
+            forwarded_header: crate::net::ForwardedHeader::default(),
             max_connections: defaults::MAX_CONNECTIONS,
             max_client_connections: defaults::MAX_CLIENT_CONNECTIONS,
             request_timeout: defaults::REQUEST_TIMEOUT,
@@ -244,40 +247,45 @@ impl ReceiverHealth {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+            let gauges = [
+                (
+                    "reporter_receiver_connections",
+                    "Connections open.",
+                    "gauge",
+                    server.open.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "reporter_receiver_requests_in_flight",
+                    "Requests being answered.",
+                    "gauge",
+                    server.in_flight.load(Ordering::Relaxed) as u64,
+                ),
+                (
+                    "reporter_receiver_connections_refused_total",
+                    "Connections closed at once: their client had too many open.",
+                    "counter",
+                    load(&server.refused),
+                ),
+                (
+                    "reporter_receiver_connections_evicted_total",
+                    "Idle connections closed early because the receiver was busy.",
+                    "counter",
+                    load(&server.evicted),
+                ),
+                (
+                    "reporter_receiver_requests_timed_out_total",
+                    "Requests answered 408: their body did not arrive in time.",
+                    "counter",
+                    load(&server.timed_out),
+                ),
+            ];
+            for (name, help, kind, v) in gauges {
                 let _ = writeln!(
                     out,
                     "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
                 );
-            };
-            gauge(
-                &mut out,
-                "reporter_receiver_connections",
-                "Connections open.",
-                "gauge",
-                server.open.load(Ordering::Relaxed) as u64,
-            );
-            gauge(
-                &mut out,
-                "reporter_receiver_connections_refused_total",
-                "Connections closed at once: their client had too many open.",
-                "counter",
-                server.refused.load(Ordering::Relaxed),
-            );
-            gauge(
-                &mut out,
-                "reporter_receiver_connections_evicted_total",
-                "Idle connections closed early because the receiver was busy.",
-                "counter",
-                server.evicted.load(Ordering::Relaxed),
-            );
-            gauge(
-                &mut out,
-                "reporter_receiver_requests_timed_out_total",
-                "Requests answered 408: their body did not arrive in time.",
-                "counter",
-                server.timed_out.load(Ordering::Relaxed),
-            );
+            }
         }
         self.store_latency
             .lock()
@@ -350,6 +358,8 @@ struct App {
     cache: Arc<tokio::sync::Mutex<Cache>>,
     /// Peers whose forwarding headers are believed.
     proxies: Arc<[crate::net::Cidr]>,
+    /// The header they write.
+    forwarded_header: crate::net::ForwardedHeader,
     /// Signed clusters' keys.
     pins: Arc<pins::Pins>,
     /// Distinct unsigned instances per cluster and slot.
@@ -406,6 +416,7 @@ async fn receive(
     let client = crate::net::client_group(crate::net::client_address(
         peer.ip(),
         &app.proxies,
+        app.forwarded_header,
         &headers,
     ));
     if let Err(wait) = app.limit.check(client) {
@@ -878,6 +889,7 @@ impl Receiver {
         o.validate()?;
         let health = Arc::new(ReceiverHealth::default());
         let shutdown = CancellationToken::new();
+        let pins: Arc<pins::Pins> = Arc::default();
         let app = App {
             store: store.clone(),
             token: o.read_token.as_deref().map(Arc::from),
@@ -889,7 +901,8 @@ impl Receiver {
             }),
             cache: Arc::default(),
             proxies: o.trusted_proxies.clone().into(),
-            pins: Arc::default(),
+            forwarded_header: o.forwarded_header,
+            pins: pins.clone(),
             max_instances: o.max_instances,
             store_log: Arc::default(),
         };
@@ -912,6 +925,7 @@ impl Receiver {
         let roll = tokio::spawn(roll_up_while_leading(
             store,
             o.clone(),
+            pins,
             health.clone(),
             fatal_tx,
             shutdown.clone(),
@@ -972,12 +986,89 @@ pub(crate) fn elector(store: &Store, every: Duration) -> Elector {
     .with_key(layout::LEASE)
 }
 
+/// Who did a job that only the rollup leader may do.
+#[derive(Debug)]
+pub enum By<T> {
+    /// This process, holding the rollup lease: what the job returned.
+    Us(T),
+    /// The running rollup leader.
+    Leader,
+}
+
+/// Why a job for the rollup leader was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// The job failed.
+    #[error(transparent)]
+    Rollup(#[from] rollup::RollupError),
+    /// Neither the running leader did it nor could this process take the lease in time.
+    #[error("no receiver did it within {0}")]
+    Waited(String),
+}
+
+/// Does `work` as the rollup leader, for one-shot commands: takes the rollup lease if it is
+/// free (no receiver running) and does the work under its fence, or, while a running receiver
+/// holds it, waits until `done` says that receiver did it; at most `wait`. So only ever one
+/// process writes rollups.
+pub(crate) async fn as_rollup_leader<T>(
+    store: &Store,
+    wait: Duration,
+    mut done: impl AsyncFnMut() -> Result<bool, StoreError>,
+    mut work: impl AsyncFnMut(&rollup::Fence<'_>) -> Result<T, rollup::RollupError>,
+) -> Result<By<T>, LeaderError> {
+    let elector = elector(store, defaults::ROLLUP_EVERY);
+    let release = CancellationToken::new();
+    let election = {
+        let (elector, release) = (elector.clone(), release.clone());
+        tokio::spawn(async move { elector.run(release).await })
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let outcome = loop {
+        match done().await {
+            Ok(true) => break Ok(By::Leader),
+            Ok(false) => {}
+            Err(e) => break Err(rollup::RollupError::from(e).into()),
+        }
+        if elector.term().is_some() {
+            let fence = || elector.term().is_some();
+            break work(&fence).await.map(By::Us).map_err(LeaderError::from);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(LeaderError::Waited(crate::timefmt::format_duration(wait)));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    release.cancel();
+    let _ = election.await;
+    outcome
+}
+
+/// Rolls up every report stored before now, as `reporter rollup` does, window after window.
+/// It holds no lease: a run records its window over the state it read before listing, and a
+/// recorded window is redone identically by whoever runs next, so it is safe beside a running
+/// receiver (do not run it at the same moment as `reporter forget`).
+pub async fn roll_up_all(store: &Store) -> Result<rollup::Outcome, rollup::RollupError> {
+    let started = Utc::now();
+    let mut total = rollup::Outcome::default();
+    loop {
+        let out = rollup::run_once(store, started, Duration::ZERO, &rollup::unfenced()).await?;
+        if out.window.is_empty() {
+            return Ok(total);
+        }
+        total.rows += out.rows;
+        total.files += out.files;
+        total.skipped += out.skipped;
+        total.window = out.window;
+    }
+}
+
 /// One receiver of those sharing the bucket rolls up, every `--rollup-every`, while it holds
 /// the lease; it never writes a rollup or a summary past its renew deadline, and releases the
 /// lease only once its last run has stopped.
 async fn roll_up_while_leading(
     store: Store,
     o: ReceiverOptions,
+    pins: Arc<pins::Pins>,
     health: Arc<ReceiverHealth>,
     fatal: tokio::sync::watch::Sender<Option<String>>,
     shutdown: CancellationToken,
@@ -1020,8 +1111,15 @@ async fn roll_up_while_leading(
         if elector.term().is_none() {
             continue;
         }
-        if let Err(e) = forget::carry_out_requests(&store, &fence).await {
-            tracing::warn!(error = %e, "a request to forget a cluster failed; it is carried out again at the next run");
+        match forget::carry_out_requests(&store, &fence).await {
+            Ok(done) => {
+                for (cluster, _) in done {
+                    pins.forget(&cluster);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a request to forget a cluster failed; it is carried out again at the next run")
+            }
         }
         match rollup::run_once(&store, Utc::now(), o.settle, &fence).await {
             Ok(out) => {

@@ -21,6 +21,9 @@ use super::layout;
 
 /// Pins remembered in memory at most; past it the memory starts again.
 const MAX_CACHED: usize = 1_000_000;
+/// How long a pin is trusted from memory before it is read again (a `forget` on another
+/// receiver removes it from the bucket).
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Why a report is refused by the pins.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +48,16 @@ struct Pin {
 /// The pins this receiver has read.
 #[derive(Debug, Default)]
 pub struct Pins {
-    known: Mutex<HashMap<String, [u8; 32]>>,
+    known: Mutex<HashMap<String, ([u8; 32], std::time::Instant)>>,
 }
 
 impl Pins {
     fn cached(&self, cluster: &str) -> Option<[u8; 32]> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(cluster).copied()
+        known
+            .get(cluster)
+            .filter(|(_, at)| at.elapsed() < CACHE_FOR)
+            .map(|(k, _)| *k)
     }
 
     fn remember(&self, cluster: &str, key: [u8; 32]) {
@@ -59,7 +65,7 @@ impl Pins {
         if known.len() >= MAX_CACHED {
             known.clear();
         }
-        known.insert(cluster.to_string(), key);
+        known.insert(cluster.to_string(), (key, std::time::Instant::now()));
     }
 
     async fn read(&self, store: &Store, cluster: &str) -> Result<Option<[u8; 32]>, PinError> {

@@ -181,26 +181,44 @@ pub async fn run_once(
     settle: Duration,
     fence: &Fence<'_>,
 ) -> Result<Outcome, RollupError> {
-    let pending = match read_json::<State>(store, layout::ROLLUP_STATE)
-        .await?
-        .0
-        .pending
-    {
-        Some(p) => p,
-        None => match next_window(store, now, settle, fence).await? {
-            Some(p) => p,
-            None => return Ok(Outcome::default()),
-        },
-    };
-    apply(store, &pending, fence).await
+    loop {
+        let (state, version) = read_json::<State>(store, layout::ROLLUP_STATE).await?;
+        if let Some(pending) = state.pending {
+            return apply(store, &pending, fence).await;
+        }
+        let Some(pending) = next_window(store, now, settle, state.windows).await? else {
+            return Ok(Outcome::default());
+        };
+        // Recorded only over the state read before listing: if another process recorded and
+        // finished a window meanwhile, the state changed, and this listing may name reports
+        // it rolled up; list again.
+        let next = State {
+            windows: state.windows + 1,
+            pending: Some(pending.clone()),
+        };
+        let bytes = serde_json::to_vec(&next).map_err(|e| RollupError::Corrupted {
+            key: layout::ROLLUP_STATE.to_string(),
+            why: e.to_string(),
+        })?;
+        fenced_write(fence)?;
+        let written = match &version {
+            Some(v) => store.update(layout::ROLLUP_STATE, bytes, v).await,
+            None => store.create(layout::ROLLUP_STATE, bytes).await,
+        };
+        match written {
+            Ok(_) => return apply(store, &pending, fence).await,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
-/// Lists the inbox and records the next window; `None` if there is nothing to take.
+/// Lists the inbox for the next window (number `seq`); `None` if there is nothing to take.
 async fn next_window(
     store: &Store,
     now: DateTime<Utc>,
     settle: Duration,
-    fence: &Fence<'_>,
+    seq: u64,
 ) -> Result<Option<Pending>, RollupError> {
     let ready = now - chrono::Duration::from_std(settle).unwrap_or_default();
     let mut entries: Vec<_> = store
@@ -233,23 +251,22 @@ async fn next_window(
         }
     }
     let at_ms = now.timestamp_millis();
-    let state = update_json::<State>(store, layout::ROLLUP_STATE, fence, |s| {
-        if s.pending.is_some() {
-            return false;
-        }
-        s.pending = Some(Pending {
-            window: format!("{at_ms:015}-{:08}", s.windows),
-            rows: rows.clone(),
-            strays: strays.clone(),
-            at_ms,
-            more,
-        });
-        s.windows += 1;
-        true
-    })
-    .await?;
-    // Another leader's window, if one raced us: redo that one.
-    Ok(state.pending)
+    Ok(Some(Pending {
+        window: format!("{at_ms:015}-{seq:08}"),
+        rows,
+        strays,
+        at_ms,
+        more,
+    }))
+}
+
+/// Whether a window is recorded and not finished.
+pub(crate) async fn pending(store: &Store) -> Result<bool, RollupError> {
+    Ok(read_json::<State>(store, layout::ROLLUP_STATE)
+        .await?
+        .0
+        .pending
+        .is_some())
 }
 
 /// Rolls up one recorded window, then clears it.
@@ -352,9 +369,9 @@ async fn read_row(
     };
     let received_at = DateTime::<Utc>::from_timestamp_millis(arrived_ms).unwrap_or_default();
     let (signature, body) = layout::split_stored(&bytes);
-    // Checked at intake; checked again, with the arrival as "now", so that nothing in the
-    // bucket that is not a report becomes a row.
-    let report = match intake::parse(body, received_at) {
+    // Checked at intake; its shape checked again, so that nothing in the bucket that is not a
+    // report becomes a row (its times were judged at intake, by intake's clock).
+    let report = match intake::parse_stored(body) {
         Ok(report) => report,
         Err(why) => {
             tracing::warn!(%key, reason = %why, "rollup: skipping an object that is not a report");
@@ -465,4 +482,169 @@ fn parquet(rows: &[Row]) -> Result<Vec<u8>, RollupError> {
     let batch = RecordBatch::try_new(Arc::new(schema()), columns)
         .map_err(|e| RollupError::Parquet(e.to_string()))?;
     write_parquet(std::slice::from_ref(&batch), batch.schema())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(cluster: u128, instance: u128, slot: DateTime<Utc>) -> Vec<u8> {
+        serde_json::json!({
+            "clusterID": uuid::Uuid::from_u128(cluster).to_string(),
+            "createdAt": "2026-01-01T00:00:00Z", "interval": timefmt::rfc3339_nano(&slot),
+            "intervalPeriod": 3600, "target": "all",
+            "instanceID": uuid::Uuid::from_u128(instance).to_string(),
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    async fn rows(store: &Store) -> Vec<String> {
+        let mut out = Vec::new();
+        for key in store.list("rollups/").await.unwrap() {
+            let bytes = store.get_limited(&key, 1 << 30).await.unwrap().bytes;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = batch.column_by_name("instanceID").unwrap();
+                let ids = col.as_any().downcast_ref::<StringArray>().unwrap();
+                out.extend(ids.iter().map(|s| s.unwrap_or_default().to_string()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A memory store whose listings are slow, so that racers finish whole windows while
+    /// another is still listing.
+    #[derive(Debug)]
+    struct SlowList(crate::store::cloud::CloudStore);
+
+    #[async_trait::async_trait]
+    impl crate::store::Backend for SlowList {
+        async fn get(&self, key: &str, limit: usize) -> Result<crate::store::Object, StoreError> {
+            self.0.get(key, limit).await
+        }
+        async fn create(
+            &self,
+            key: &str,
+            bytes: bytes::Bytes,
+        ) -> Result<crate::store::Version, StoreError> {
+            self.0.create(key, bytes).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            bytes: bytes::Bytes,
+            expected: &crate::store::Version,
+        ) -> Result<crate::store::Version, StoreError> {
+            self.0.update(key, bytes, expected).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::store::Entry>, StoreError> {
+            let listed = self.0.list(prefix).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            listed
+        }
+        async fn put(
+            &self,
+            key: &str,
+            bytes: bytes::Bytes,
+        ) -> Result<crate::store::Version, StoreError> {
+            self.0.put(key, bytes).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.0.delete(key).await
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+    }
+
+    /// Processes rolling up one bucket at once, without a lease between them (as a
+    /// `reporter rollup` beside a receiver could): each report is a row once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_runs_roll_each_report_up_once() {
+        let store = Store::new(Arc::new(
+            SlowList(crate::store::cloud::CloudStore::memory()),
+        ));
+        let slot = DateTime::<Utc>::from_timestamp(1_770_000_000, 0).unwrap();
+        for round in 0..3u128 {
+            for i in 0..200u128 {
+                let n = round * 1000 + i;
+                let key = layout::inbox_key(
+                    &uuid::Uuid::from_u128(n % 7 + 1).to_string(),
+                    slot,
+                    &uuid::Uuid::from_u128(n + 100).to_string(),
+                );
+                store
+                    .create(&key, report(n % 7 + 1, n + 100, slot))
+                    .await
+                    .unwrap();
+            }
+            // Started apart, so that one lists while another records and finishes a window.
+            let run = |store: Store, after: u64| async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                loop {
+                    let out = run_once(&store, Utc::now(), Duration::ZERO, &unfenced())
+                        .await
+                        .unwrap();
+                    if out.window.is_empty() {
+                        return;
+                    }
+                }
+            };
+            tokio::join!(
+                run(store.clone(), 0),
+                run(store.clone(), 150),
+                run(store.clone(), 250)
+            );
+        }
+        let rows = rows(&store).await;
+        let distinct: std::collections::BTreeSet<_> = rows.iter().collect();
+        assert_eq!((rows.len(), distinct.len()), (600, 600));
+        assert!(store.list(layout::INBOX).await.unwrap().is_empty());
+        assert_eq!(store.list(layout::KEPT).await.unwrap().len(), 600);
+    }
+
+    /// A run that loses the lease stops before its next write; the next leader redoes the
+    /// window exactly.
+    #[tokio::test]
+    async fn a_run_past_its_fence_writes_nothing_and_is_redone() {
+        let store = Store::memory();
+        let slot = DateTime::<Utc>::from_timestamp(1_770_000_000, 0).unwrap();
+        for i in 0..10u128 {
+            let key = layout::inbox_key(
+                &uuid::Uuid::from_u128(1).to_string(),
+                slot,
+                &uuid::Uuid::from_u128(i + 100).to_string(),
+            );
+            store.create(&key, report(1, i + 100, slot)).await.unwrap();
+        }
+        let lost = || false;
+        assert!(matches!(
+            run_once(&store, Utc::now(), Duration::ZERO, &lost).await,
+            Err(RollupError::NotLeader)
+        ));
+        assert!(store.list("rollups/").await.unwrap().is_empty());
+        assert!(store.list("summaries/").await.unwrap().is_empty());
+        // Leading for exactly two writes (the window, then the first Parquet file): stopped.
+        let writes = std::sync::atomic::AtomicUsize::new(0);
+        let brief = || writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2;
+        assert!(run_once(&store, Utc::now(), Duration::ZERO, &brief)
+            .await
+            .is_err());
+        let out = run_once(&store, Utc::now(), Duration::ZERO, &unfenced())
+            .await
+            .unwrap();
+        assert_eq!(out.rows, 10);
+        assert_eq!(rows(&store).await.len(), 10);
+        let again = run_once(&store, Utc::now(), Duration::ZERO, &unfenced())
+            .await
+            .unwrap();
+        assert!(again.window.is_empty());
+    }
 }

@@ -151,7 +151,8 @@ pub struct Clusters {
     pub ahead: Vec<Ahead>,
 }
 
-fn remember(windows: &mut VecDeque<String>, window: &str) -> bool {
+/// Remembers a window (or a forget request) applied; `false` if it already was.
+pub(crate) fn remember(windows: &mut VecDeque<String>, window: &str) -> bool {
     if windows.iter().any(|w| w == window) {
         return false;
     }
