@@ -66,7 +66,7 @@ stop_receiver
 
 "$bench" fill "$work/roll" "$ROLL"
 started="$(date +%s.%N)"
-"$bin" rollup --store "$work/roll" --settle 1ms >/dev/null
+"$bin" rollup --store "$work/roll" >/dev/null
 ended="$(date +%s.%N)"
 python3 - "$started" "$ended" "$ROLL" <<'PY'
 import sys

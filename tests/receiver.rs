@@ -637,3 +637,79 @@ async fn a_receiver_on_s3_stores_once_and_rolls_up_every_report() {
     assert!(!parquet.is_empty());
     assert_eq!(store.list("received/").await.unwrap().len(), 13);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_long_form_metrics_dataset_has_a_row_per_leaf_and_duckdb_reads_it() {
+    let data = tempfile::tempdir().unwrap();
+    let (_rx, addr) = receiver(data.path(), &["--rollup-every", "1h"]);
+    let (a, b) = (uuid(), uuid());
+    let with = |cluster: &str, metrics: Value| {
+        let mut r = report(cluster, 1, &uuid(), "1.0.0");
+        r["metrics"] = metrics;
+        r.to_string()
+    };
+    let posts = [
+        with(
+            &a,
+            json!({"feature_enabled_x": true, "storage_backend": "s3", "ring": {"replication_factor": 3}}),
+        ),
+        with(
+            &a,
+            json!({"feature_enabled_x": false, "storage_backend": "s3", "ring": {"replication_factor": 3}}),
+        ),
+        with(
+            &b,
+            json!({"feature_enabled_x": false, "storage_backend": "gcs", "zones": ["a", "b"], "none": null}),
+        ),
+    ];
+    for body in posts {
+        assert_eq!(post(addr, body).await.0, 200);
+    }
+    // Right after the POSTs: every one rolled up.
+    assert!(rollup_by_hand(data.path()).contains("rolled up 3 reports"));
+    let glob = format!("{}/metrics/**/*.parquet", data.path().display());
+    let Some(rows) = duckdb(
+        data.path(),
+        &format!("SELECT key, count(*), count(text), count(number), min(number), max(number) FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY key ORDER BY key"),
+    ) else {
+        return;
+    };
+    assert_eq!(
+        rows,
+        json!([
+            ["feature_enabled_x", 3, 3, 3, 0.0, 1.0],
+            ["none", 1, 0, 0, "None", "None"],
+            ["ring.replication_factor", 2, 0, 2, 3.0, 3.0],
+            ["storage_backend", 3, 3, 0, "None", "None"],
+            ["zones.0", 1, 1, 0, "None", "None"],
+            ["zones.1", 1, 1, 0, "None", "None"],
+        ])
+    );
+    // The README's query: the share of active clusters with a feature enabled in the last 7
+    // days (a cluster counts if any of its replicas reported it).
+    let share = duckdb(
+        data.path(),
+        &format!("SELECT count(DISTINCT clusterID) FILTER (WHERE key = 'feature_enabled_x' AND number = 1) / count(DISTINCT clusterID) FROM read_parquet('{glob}', hive_partitioning = true) WHERE interval >= now() - INTERVAL 7 DAY"),
+    )
+    .unwrap();
+    assert_eq!(share, json!([[0.5]]));
+    // Columns and the Hive partition, as the contract names them.
+    let cols = duckdb(
+        data.path(),
+        &format!("SELECT column_name FROM (DESCRIBE SELECT * FROM read_parquet('{glob}', hive_partitioning = true))"),
+    )
+    .unwrap();
+    assert_eq!(
+        cols,
+        json!([
+            ["clusterID"],
+            ["interval"],
+            ["target"],
+            ["instanceID"],
+            ["key"],
+            ["text"],
+            ["number"],
+            ["day"]
+        ])
+    );
+}

@@ -7,7 +7,7 @@
 //!
 //! Forgetting a cluster first rolls up the whole inbox, so that every stored report is in
 //! exactly one place, then removes its raw reports (inbox and kept), its rows from every
-//! Parquet file of the days it was seen (files rewritten, or removed once empty), its entries
+//! Parquet file of both datasets (`rollups/`, `metrics/`) of the days it was seen (files rewritten, or removed once empty), its entries
 //! in the day summaries (counts taken back exactly) and the all-clusters summary, and its
 //! pinned key. Reports of the cluster that arrive while it runs are not forgotten.
 
@@ -155,13 +155,25 @@ pub async fn forget(
         // then drop the cluster from the day's list, which is what tells a redo to look here.
         let mut removed = Removed::default();
         let mut rewrites = Vec::new();
-        for key in store.list(&layout::rollup_day_prefix(&day)).await? {
-            if !key.ends_with(".parquet") {
-                continue;
-            }
-            let bytes = store.get_limited(&key, MAX_PARQUET_BYTES).await?.bytes;
-            if let Some(kept) = without(bytes, cluster, &mut removed)? {
-                rewrites.push((key, kept));
+        for dataset in layout::DATASETS {
+            // Only the reports dataset's rows are what the day's summary counts.
+            let mut uncounted = Removed::default();
+            let counts = if dataset == "rollups/" {
+                &mut removed
+            } else {
+                &mut uncounted
+            };
+            for key in store
+                .list(&layout::dataset_day_prefix(dataset, &day))
+                .await?
+            {
+                if !key.ends_with(".parquet") {
+                    continue;
+                }
+                let bytes = store.get_limited(&key, MAX_PARQUET_BYTES).await?.bytes;
+                if let Some(kept) = without(bytes, cluster, counts)? {
+                    rewrites.push((key, kept));
+                }
             }
         }
         let mut left = ids.clone();

@@ -4,6 +4,7 @@
 //! received/inbox/day=<slot day>/<clusterID>/<slot ns>/<instance key>.json   stored, not yet rolled up
 //! received/kept/day=<slot day>/<clusterID>/<slot ns>/<instance key>.json    rolled up; kept for --retention
 //! rollups/day=<slot day>/<window>.parquet                                  rolled-up reports
+//! metrics/day=<slot day>/<window>.parquet                                  their metrics, a row per leaf
 //! summaries/day=<slot day>.json                                            a day's figures
 //! summaries/ids/day=<slot day>.json                                        a day's clusters
 //! summaries/clusters.json                                                  every cluster's latest state
@@ -92,6 +93,19 @@ pub fn rollup_day_prefix(day: &str) -> String {
 /// `rollups/day=<day>/<window>.parquet`
 pub fn rollup_key(day: &str, window: &str) -> String {
     format!("{}{window}.parquet", rollup_day_prefix(day))
+}
+
+/// The Parquet datasets: one row per report, and one row per (report, metric leaf).
+pub const DATASETS: [&str; 2] = ["rollups/", "metrics/"];
+
+/// `<dataset>day=<day>/`
+pub fn dataset_day_prefix(dataset: &str, day: &str) -> String {
+    format!("{dataset}day={day}/")
+}
+
+/// `metrics/day=<day>/<window>.parquet`
+pub fn metrics_key(day: &str, window: &str) -> String {
+    format!("{}{window}.parquet", dataset_day_prefix("metrics/", day))
 }
 
 /// `summaries/day=<day>.json`

@@ -5,6 +5,7 @@
 //! - [`layout`]: where things live in the receiver's bucket;
 //! - [`pins`]: signed clusters' pinned keys, the trust model;
 //! - [`rollup`]: the inbox to Parquet files and summaries, one recorded window at a time;
+//! - [`leaves`]: a report's metrics as dotted leaves, for the long-form dataset;
 //! - [`summary`]: the figures the API and the dashboard read;
 //! - [`forget`]: retention of raw reports, and removing one cluster on request;
 //! - this module: the HTTP service, its rate limit and token, and the rollup leader's loop.
@@ -21,6 +22,7 @@
 pub mod forget;
 pub mod intake;
 pub mod layout;
+pub mod leaves;
 pub mod pins;
 pub mod rollup;
 pub mod summary;

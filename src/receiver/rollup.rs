@@ -300,8 +300,11 @@ async fn apply(
     }
     for (day, rows) in &by_day {
         let bytes = parquet(rows)?;
+        let long = metrics_parquet(rows)?;
         fenced_write(fence)?;
         store.put(&layout::rollup_key(day, window), bytes).await?;
+        fenced_write(fence)?;
+        store.put(&layout::metrics_key(day, window), long).await?;
         out.files += 1;
         out.rows += rows.len();
         let ids =
@@ -425,6 +428,49 @@ pub fn schema() -> Schema {
         Field::new("receivedAt", ts, false),
         Field::new("signed", DataType::Boolean, false),
     ])
+}
+
+/// The long-form dataset's columns: one row per (report, metric leaf), stable.
+pub fn metrics_schema() -> Schema {
+    let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    Schema::new(vec![
+        Field::new("clusterID", DataType::Utf8, false),
+        Field::new("interval", ts, false),
+        Field::new("target", DataType::Utf8, false),
+        Field::new("instanceID", DataType::Utf8, true),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, true),
+        Field::new("number", DataType::Float64, true),
+    ])
+}
+
+fn metrics_parquet(rows: &[Row]) -> Result<Vec<u8>, RollupError> {
+    let (mut ids, mut slots, mut targets, mut instances) = (vec![], vec![], vec![], vec![]);
+    let (mut keys, mut texts, mut numbers) = (vec![], vec![], vec![]);
+    for r in rows {
+        let slot = timefmt::unix_nanos(&r.report.slot()).unwrap_or_default();
+        for leaf in super::leaves::of_text(&r.report.metrics) {
+            ids.push(r.report.cluster_id.as_str());
+            slots.push(slot);
+            targets.push(r.report.target.as_str());
+            instances.push(r.report.instance_id.as_deref());
+            keys.push(leaf.key);
+            texts.push(leaf.text);
+            numbers.push(leaf.number);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(TimestampNanosecondArray::from(slots).with_timezone("UTC")),
+        Arc::new(StringArray::from(targets)),
+        Arc::new(StringArray::from(instances)),
+        Arc::new(StringArray::from(keys)),
+        Arc::new(StringArray::from(texts)),
+        Arc::new(Float64Array::from(numbers)),
+    ];
+    let batch = RecordBatch::try_new(Arc::new(metrics_schema()), columns)
+        .map_err(|e| RollupError::Parquet(e.to_string()))?;
+    write_parquet(std::slice::from_ref(&batch), batch.schema())
 }
 
 /// Writes record batches as one Parquet file, as every rollup file is written.
