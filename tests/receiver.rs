@@ -376,6 +376,19 @@ async fn rollups_read_back_by_duckdb_match_the_api_survive_a_redo_and_take_late_
         assert_eq!(post(addr, fixture(name, 3)).await.0, 200);
         sent += 1;
     }
+    // What the inbox held, to put it back below as a crashed rollup would have left it.
+    let inbox_before: Vec<(PathBuf, Vec<u8>, i64)> = inbox(data.path())
+        .into_iter()
+        .map(|p| {
+            let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
+            let ms = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            (p.clone(), std::fs::read(&p).unwrap(), ms)
+        })
+        .collect();
+    assert_eq!(inbox_before.len(), sent);
     let out = rollup_by_hand(data.path());
     assert!(out.contains(&format!("rolled up {sent} reports")), "{out}");
     assert!(rollup_by_hand(data.path()).contains("rolled up 0 reports"));
@@ -450,8 +463,9 @@ async fn rollups_read_back_by_duckdb_match_the_api_survive_a_redo_and_take_late_
     .unwrap();
     assert_eq!(cpus, json!([[8]]));
 
-    // A rollup that died after writing its files and summaries, before recording its progress:
-    // put its window back as pending and run again. Nothing is counted twice.
+    // A rollup that died after writing its files, summaries and kept copies, before it
+    // emptied the inbox and cleared its window: put both back as they were, and run again.
+    // Nothing is counted twice.
     let state_path = data.path().join("receiver/rollup.json");
     let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
     let file = std::fs::read_dir(data.path().join("rollups"))
@@ -461,16 +475,27 @@ async fn rollups_read_back_by_duckdb_match_the_api_survive_a_redo_and_take_late_
         .map(|f| f.file_name().to_string_lossy().into_owned())
         .find(|n| n.ends_with(".parquet"))
         .unwrap();
-    let (from, to) = file.trim_end_matches(".parquet").split_once('-').unwrap();
-    let (from, to): (i64, i64) = (from.parse().unwrap(), to.parse().unwrap());
-    assert!(state["watermark_ms"].as_i64().unwrap() >= to);
+    let window = file.trim_end_matches(".parquet").to_string();
+    let at_ms: i64 = window.split('-').next().unwrap().parse().unwrap();
+    let rows: Vec<Value> = inbox_before
+        .iter()
+        .map(|(p, _, ms)| json!([p.strip_prefix(data.path()).unwrap().to_str().unwrap(), ms]))
+        .collect();
     std::fs::write(
         &state_path,
-        json!({"watermark_ms": from, "pending": [from, to]}).to_string(),
+        json!({"windows": state["windows"], "pending": {
+            "window": window, "rows": rows, "strays": [], "at_ms": at_ms, "more": false,
+        }})
+        .to_string(),
     )
     .unwrap();
+    for (p, bytes, _) in &inbox_before {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
     let out = rollup_by_hand(data.path());
     assert!(out.contains(&format!("rolled up {sent} reports")), "{out}");
+    assert!(inbox(data.path()).is_empty());
     assert_eq!(
         duckdb(data.path(), "SELECT count(*) FROM reports").unwrap(),
         json!([[sent]])

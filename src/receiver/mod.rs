@@ -6,6 +6,8 @@
 //! - [`pins`]: signed clusters' pinned keys, the trust model;
 //! - [`rollup`]: the inbox to Parquet files and summaries, one recorded window at a time;
 //! - [`leaves`]: a report's metrics as dotted leaves, for the long-form dataset;
+//! - [`insights`]: replicas merged into a cluster's figures, aggregates a cluster can be added
+//!   to and taken back from exactly, what `--min-clusters` lets be shown;
 //! - [`summary`]: the figures the API and the dashboard read;
 //! - [`forget`]: retention of raw reports, and removing one cluster on request;
 //! - this module: the HTTP service, its rate limit and token, and the rollup leader's loop.
@@ -20,6 +22,7 @@
 //! them, elected through the same lease as the replicas use (its own object), rolls up.
 
 pub mod forget;
+pub mod insights;
 pub mod intake;
 pub mod layout;
 pub mod leaves;
