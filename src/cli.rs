@@ -182,6 +182,10 @@ pub struct ReceiveArgs {
     /// and summaries are kept. Unset: kept for ever.
     #[arg(long, env = "REPORTER_RETENTION")]
     pub retention: Option<Dur>,
+    /// A metric value (or key) reported by fewer clusters is never shown: the API, the
+    /// dashboard and /metrics count it in "other".
+    #[arg(long, env = "REPORTER_MIN_CLUSTERS", default_value_t = crate::receiver::defaults::MIN_CLUSTERS)]
+    pub min_clusters: u64,
 }
 
 /// The arguments of `rollup`.
@@ -210,6 +214,7 @@ impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
             request_timeout: a.request_timeout.0,
             max_instances: a.max_instances,
             retention: a.retention.map(|d| d.0),
+            min_clusters: a.min_clusters,
         }
     }
 }

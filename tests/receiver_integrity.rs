@@ -774,7 +774,14 @@ async fn forget_leaves_nothing_of_a_cluster_and_retention_removes_old_raw_report
         .path()
         .join(format!("rollups/day={old_day}/old.parquet"));
     std::fs::create_dir_all(old_rollup.parent().unwrap()).unwrap();
-    std::fs::write(&old_rollup, "PAR1").unwrap();
+    // An empty file of the reports' schema, as a day whose rows were all forgotten could be.
+    let schema = std::sync::Arc::new(usage_reporter::receiver::rollup::schema());
+    let mut file = Vec::new();
+    parquet::arrow::ArrowWriter::try_new(&mut file, schema, None)
+        .unwrap()
+        .close()
+        .unwrap();
+    std::fs::write(&old_rollup, file).unwrap();
     let (mut rx, addr) = receiver(data.path(), &["--retention", "8d"]);
     let (x, y) = (uuid(), uuid());
     let key = ClusterKey::generate().unwrap();

@@ -8,8 +8,8 @@
 //! Forgetting a cluster first rolls up the whole inbox, so that every stored report is in
 //! exactly one place, then removes its raw reports (inbox and kept), its rows from every
 //! Parquet file of both datasets (`rollups/`, `metrics/`) of the days it was seen (files rewritten, or removed once empty), its entries
-//! in the day summaries (counts taken back exactly) and the all-clusters summary, and its
-//! pinned key. Reports of the cluster that arrive while it runs are not forgotten.
+//! in the day summaries (counts taken back exactly), the insights and the all-clusters
+//! summary, and its pinned key. Reports of the cluster that arrive while it runs are not forgotten.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -197,6 +197,7 @@ pub async fn forget(
         .await?;
         gone.days += 1;
     }
+    super::figures::forget(store, cluster, &memo, fence).await?;
     update_json::<Clusters>(store, layout::CLUSTERS, fence, |c| {
         let before = c.ahead.len();
         c.ahead.retain(|a| a.cluster != cluster);

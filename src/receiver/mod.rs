@@ -8,6 +8,7 @@
 //! - [`leaves`]: a report's metrics as dotted leaves, for the long-form dataset;
 //! - [`insights`]: replicas merged into a cluster's figures, aggregates a cluster can be added
 //!   to and taken back from exactly, what `--min-clusters` lets be shown;
+//! - [`figures`]: those aggregates in the bucket, updated by each rollup window;
 //! - [`summary`]: the figures the API and the dashboard read;
 //! - [`forget`]: retention of raw reports, and removing one cluster on request;
 //! - this module: the HTTP service, its rate limit and token, and the rollup leader's loop.
@@ -21,6 +22,7 @@
 //! on the report, so create-if-absent stores it once whichever receiver takes it, and one of
 //! them, elected through the same lease as the replicas use (its own object), rolls up.
 
+pub mod figures;
 pub mod forget;
 pub mod insights;
 pub mod intake;
@@ -76,6 +78,8 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     /// `--max-instances`: distinct unsigned instances per cluster and slot.
     pub const MAX_INSTANCES: usize = 1000;
+    /// `--min-clusters`: a metric value shared by fewer clusters is never shown.
+    pub const MIN_CLUSTERS: u64 = 5;
     /// The shortest `--retention`: raw reports are what tells a repeat from a new report, and a
     /// slot is accepted for 7 days.
     pub const MIN_RETENTION: Duration = Duration::from_secs(8 * 86400);
@@ -116,6 +120,8 @@ pub struct ReceiverOptions {
     pub max_instances: usize,
     /// Raw received reports of slot days older than this are removed; `None` keeps them.
     pub retention: Option<Duration>,
+    /// A metric value (or key) shared by fewer clusters is never shown.
+    pub min_clusters: u64,
 }
 
 impl Default for ReceiverOptions {
@@ -136,6 +142,7 @@ impl Default for ReceiverOptions {
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_instances: defaults::MAX_INSTANCES,
             retention: None,
+            min_clusters: defaults::MIN_CLUSTERS,
         }
     }
 }
@@ -348,6 +355,10 @@ struct Cache {
     clusters: Arc<Clusters>,
     /// Cluster IDs, most recently seen first.
     order: Arc<Vec<String>>,
+    /// Insights: each cluster active on a day once (the trend), by day.
+    daily: BTreeMap<String, Arc<insights::Aggregate>>,
+    /// Insights: each cluster once, on the day of its latest slot.
+    latest: BTreeMap<String, Arc<insights::Aggregate>>,
 }
 
 const CACHE_FOR: Duration = Duration::from_secs(2);
@@ -371,6 +382,8 @@ struct App {
     max_instances: usize,
     /// Whether storing reports is failing, so it is logged when it starts and ends.
     store_log: Arc<StoreLog>,
+    /// The least clusters a shown value must have.
+    min_clusters: u64,
 }
 
 /// Store failures on the request path, logged when they start (with the error) and when they
@@ -615,6 +628,16 @@ async fn refresh(store: &Store, cache: &mut Cache) -> Result<(), StoreError> {
             order.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
             cache.order = Arc::new(order.iter().map(|c| c.cluster_id.clone()).collect());
             cache.clusters = Arc::new(clusters);
+        } else if let Some((latest, day)) = insight_day(&entry.key) {
+            let obj = store.get_limited(&entry.key, 64 << 20).await?;
+            if let Ok(a) = serde_json::from_slice::<figures::StoredAggregate>(&obj.bytes) {
+                let map = if latest {
+                    &mut cache.latest
+                } else {
+                    &mut cache.daily
+                };
+                map.insert(day.to_string(), Arc::new(a.aggregate));
+            }
         } else if let Some(day) = entry
             .key
             .strip_prefix("summaries/day=")
@@ -631,22 +654,161 @@ async fn refresh(store: &Store, cache: &mut Cache) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The summaries of the last `days` days (today included; days without reports as zeros),
-/// every cluster's state, and cluster IDs most recently seen first.
-async fn summaries(
-    app: &App,
-    days: i64,
-) -> Result<(Vec<Day>, Arc<Clusters>, Arc<Vec<String>>), StoreError> {
+/// `(latest, day)` of an insights aggregate's key.
+fn insight_day(key: &str) -> Option<(bool, &str)> {
+    let rest = key.strip_prefix(figures::AGGREGATES)?;
+    let (latest, rest) = match rest.strip_prefix("latest/") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    Some((latest, rest.strip_prefix("day=")?.strip_suffix(".json")?))
+}
+
+/// The last `days` days, oldest first, today included.
+fn last_days(days: i64) -> Vec<String> {
     let today = Utc::now().date_naive();
-    let mut cache = app.cache.lock().await;
-    refresh(&app.store, &mut cache).await?;
-    let days = (0..days)
+    (0..days)
         .rev()
         .map(|d| {
             (today - chrono::Duration::days(d))
                 .format("%Y-%m-%d")
                 .to_string()
         })
+        .collect()
+}
+
+/// The insights of the last `days` days: the window's clusters by their latest slot, and
+/// each day's.
+async fn insights_of(
+    app: &App,
+    days: i64,
+) -> Result<
+    (
+        insights::Aggregate,
+        Vec<(String, Option<Arc<insights::Aggregate>>)>,
+    ),
+    StoreError,
+> {
+    let mut cache = app.cache.lock().await;
+    refresh(&app.store, &mut cache).await?;
+    let days = last_days(days);
+    let window = figures::sum(
+        days.iter()
+            .filter_map(|d| cache.latest.get(d).map(|a| a.as_ref())),
+    );
+    let daily = days
+        .into_iter()
+        .map(|d| {
+            let a = cache.daily.get(&d).cloned();
+            (d, a)
+        })
+        .collect();
+    Ok((window, daily))
+}
+
+/// What kind of values a key has.
+fn kind(k: &insights::KeyAggregate) -> &'static str {
+    if k.numeric() && k.values.keys().all(|v| v == "0" || v == "1") && !k.values.is_empty() {
+        "flag"
+    } else if k.numeric() {
+        "number"
+    } else {
+        "text"
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DaysQuery {
+    days: Option<i64>,
+}
+
+/// `GET /api/v1/metrics?days=N`: every key shown, its kind and the clusters reporting it.
+async fn metric_keys(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response {
+    let n = q.days.unwrap_or(7).clamp(1, MAX_DAYS);
+    let (window, _) = match insights_of(&app, n).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store failed: {e}"),
+            )
+        }
+    };
+    let metrics: Vec<_> = window
+        .keys
+        .iter()
+        .filter(|(_, k)| k.clusters >= app.min_clusters)
+        .map(|(key, k)| json!({"key": key, "kind": kind(k), "clusters": k.clusters}))
+        .collect();
+    Json(json!({"clusters": window.clusters, "metrics": metrics})).into_response()
+}
+
+fn values_json(view: &insights::KeyView) -> Vec<serde_json::Value> {
+    view.values
+        .iter()
+        .map(|(v, n)| json!({"value": v, "clusters": n}))
+        .collect()
+}
+
+/// `GET /api/v1/metrics/<key>?days=N`: its distribution over the window, and day by day.
+async fn metric(
+    State(app): State<App>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    Query(q): Query<DaysQuery>,
+) -> Response {
+    let n = q.days.unwrap_or(7).clamp(1, MAX_DAYS);
+    let (window, daily) = match insights_of(&app, n).await {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store failed: {e}"),
+            )
+        }
+    };
+    let min = app.min_clusters;
+    let Some(k) = window.keys.get(&key).filter(|k| k.clusters >= min) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no metric {key:?} reported by {min} clusters or more in the last {n} days"),
+        );
+    };
+    let view = k.view(min);
+    let days: Vec<_> = daily
+        .iter()
+        .map(|(day, a)| {
+            let (clusters, values) = a
+                .as_ref()
+                .and_then(|a| a.keys.get(&key))
+                .map(|k| {
+                    let v = k.view(min);
+                    (v.clusters, values_json(&v))
+                })
+                .unwrap_or_default();
+            json!({"day": day, "clusters": clusters, "values": values})
+        })
+        .collect();
+    let mut body = json!({
+        "key": key, "clusters": view.clusters, "active": window.clusters,
+        "kind": kind(k), "values": values_json(&view), "other": view.other, "days": days,
+    });
+    if k.numeric() {
+        body["quantiles"] = json!(view.quantiles);
+        body["zero"] = json!(view.zero);
+    }
+    Json(body).into_response()
+}
+
+/// The summaries of the last `days` days (today included; days without reports as zeros),
+/// every cluster's state, and cluster IDs most recently seen first.
+async fn summaries(
+    app: &App,
+    days: i64,
+) -> Result<(Vec<Day>, Arc<Clusters>, Arc<Vec<String>>), StoreError> {
+    let mut cache = app.cache.lock().await;
+    refresh(&app.store, &mut cache).await?;
+    let days = last_days(days)
+        .into_iter()
         .map(|d| {
             cache.days.get(&d).cloned().unwrap_or_else(|| Day {
                 day: d,
@@ -657,12 +819,7 @@ async fn summaries(
     Ok((days, cache.clusters.clone(), cache.order.clone()))
 }
 
-#[derive(serde::Deserialize)]
-struct SummaryQuery {
-    days: Option<i64>,
-}
-
-async fn summary(State(app): State<App>, Query(q): Query<SummaryQuery>) -> Response {
+async fn summary(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response {
     let n = q.days.unwrap_or(30).clamp(1, MAX_DAYS);
     let (days, clusters, _) = match summaries(&app, n).await {
         Ok(s) => s,
@@ -807,6 +964,8 @@ fn router(app: App) -> Router {
     let reads = Router::new()
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/metrics", get(metric_keys))
+        .route("/api/v1/metrics/{key}", get(metric))
         .route("/", get(dashboard))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -870,6 +1029,11 @@ impl ReceiverOptions {
                 "the request timeout must be at least 100ms",
             ));
         }
+        if self.min_clusters < 2 {
+            return Err(ReceiveError::Invalid(
+                "--min-clusters must be at least 2: one cluster's values are its own",
+            ));
+        }
         if self.max_instances < 1 {
             return Err(ReceiveError::Invalid("the instance cap must be at least 1"));
         }
@@ -910,6 +1074,7 @@ impl Receiver {
             pins: pins.clone(),
             max_instances: o.max_instances,
             store_log: Arc::default(),
+            min_clusters: o.min_clusters,
         };
         let limits = crate::http::Limits {
             max_connections: o.max_connections,

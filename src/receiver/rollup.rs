@@ -319,6 +319,7 @@ async fn apply(
     let all: Vec<Row> = by_day.into_values().flatten().collect();
     let at = DateTime::<Utc>::from_timestamp_millis(pending.at_ms).unwrap_or_default();
     update_json::<Clusters>(store, layout::CLUSTERS, fence, |c| c.add(window, &all, at)).await?;
+    super::figures::take_window(store, window, &all, at, fence).await?;
     let deletes: Vec<_> = pending
         .rows
         .iter()
