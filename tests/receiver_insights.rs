@@ -29,7 +29,7 @@ fn synthetic(
     rep["metrics"] = json!({
         // Enabled on the first replica only: the cluster has it if any replica has.
         "feature_enabled_search": if flag_on && r == 0 { 1 } else { 0 },
-        "receiver_enabled_otlp": i % 2 == 0,
+        "receiver_enabled_otlp": i.is_multiple_of(2),
         "storage_backend": backend,
         "ring_replication_factor": if i < 15 { 3 } else { 1 },
         "distributor_bytes_received": {"total": 1000 * (i + 1), "rate": 0.5},
