@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::rx::{duckdb, fixture, get, inbox, post, post_with, receiver, report, stored, uuid};
+use common::rx::{
+    chromium, duckdb, fixture, get, inbox, post, post_with, receiver, report, stored, uuid,
+};
 use common::{eventually, Proc};
 use serde_json::{json, Value};
 
@@ -518,18 +520,6 @@ async fn rollups_read_back_by_duckdb_match_the_api_survive_a_redo_and_take_late_
     assert_eq!(rows, json!([[sent + 1, 1]]));
 }
 
-fn chromium() -> Option<String> {
-    let path = std::env::var("REPORTER_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
-    if Path::new(&path).exists() {
-        return Some(path);
-    }
-    if std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_ok() {
-        panic!("no chromium at {path}: run scripts/test.sh");
-    }
-    eprintln!("SKIPPED: dashboard test: no chromium at {path}");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_its_figures_and_charts_in_a_real_browser() {
     let Some(chromium) = chromium() else { return };
@@ -553,31 +543,8 @@ async fn the_dashboard_renders_its_figures_and_charts_in_a_real_browser() {
     })
     .await;
     let profile = tempfile::tempdir().unwrap();
-    let browse = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(&chromium);
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            "--window-size=1400,1300",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(extra)
-        .arg(format!("http://{addr}/"));
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let url = format!("http://{addr}/");
+    let browse = |extra: &[&str]| common::rx::browse(&chromium, profile.path(), &url, extra);
     let dom = browse(&["--dump-dom"]);
     assert!(dom.contains("data-loaded=\"true\""), "{dom}");
     assert!(dom.contains("<b id=\"clusters-count\">4</b>"), "{dom}");

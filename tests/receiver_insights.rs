@@ -130,6 +130,31 @@ async fn insights_count_clusters_once_exactly_and_never_show_a_value_few_share()
         values(&bytes).is_empty(),
         "20 distinct numbers are not listed as values"
     );
+    // Grafana's series: what passes --min-clusters, nothing else.
+    let exported = common::get_text(addr, "/metrics").await;
+    assert!(
+        exported.contains("reporter_insights_active_clusters 20"),
+        "{exported}"
+    );
+    assert!(
+        exported
+            .contains("reporter_insights_metric_clusters{key=\"storage_backend\",value=\"s3\"} 10"),
+        "{exported}"
+    );
+    assert!(
+        exported.contains(
+            "reporter_insights_metric_clusters{key=\"ring_replication_factor\",value=\"1\"} 5"
+        ),
+        "{exported}"
+    );
+    assert!(
+        exported.contains("reporter_insights_clusters_by_version{version=\"2.9.0\"} 20"),
+        "{exported}"
+    );
+    assert!(
+        !exported.contains("memstats.heap_inuse"),
+        "20 distinct numbers are not categories"
+    );
     // The trend: today's (or, near midnight, yesterday's) slots hold all 20 clusters.
     let busiest = flag["days"]
         .as_array()
@@ -164,6 +189,35 @@ async fn insights_count_clusters_once_exactly_and_never_show_a_value_few_share()
         &format!("SELECT text, count(DISTINCT clusterID) FROM read_parquet('{}/metrics/**/*.parquet', hive_partitioning = true) WHERE key = 'storage_backend' GROUP BY text ORDER BY 2 DESC, 1", data.path().display()),
     ) {
         assert_eq!(rows, json!([["s3", 10], ["gcs", 6], [SECRET, 4]]));
+    }
+
+    // The dashboard answers at a glance, in a real browser: adoption bars, version
+    // penetration, a chooser for any key; still nothing of the 4 clusters.
+    if let Some(chromium) = common::rx::chromium() {
+        let profile = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/");
+        let dom = common::rx::browse(&chromium, profile.path(), &url, &["--dump-dom"]);
+        assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+        let adoption = &dom[dom.find("data-chart=\"adoption\"").expect("adoption chart")..];
+        assert!(
+            adoption.contains("data-name=\"feature_enabled_search\" data-share=\"60%\""),
+            "{adoption}"
+        );
+        let table = &dom[dom
+            .find("data-table=\"penetration\"")
+            .expect("penetration table")..];
+        assert!(table.contains("<td>2.9.0</td><td>100%</td>"), "{table}");
+        assert!(dom.contains("<option value=\"storage_backend\">storage_backend</option>"));
+        assert!(dom.contains("data-chart=\"metric\""));
+        assert!(!dom.contains("secret"), "a value of 4 clusters in the page");
+        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("insights.png");
+        common::rx::browse(
+            &chromium,
+            profile.path(),
+            &url,
+            &[&format!("--screenshot={}", shot.display())],
+        );
+        assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
     }
 
     // A cluster moves on to a later slot with the flag off: it counts once, by its latest.

@@ -831,25 +831,11 @@ async fn summary(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response
         }
     };
     let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
-    let active: Vec<&Cluster> = clusters
-        .clusters
-        .values()
-        .filter(|c| {
-            c.last_interval
-                .get(..10)
-                .is_some_and(|d| d >= first.as_str())
-        })
-        .collect();
-    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let active = active_since(&clusters, &first);
+    let versions = versions_of(&active);
     let mut replicas: BTreeMap<String, u64> = BTreeMap::new();
     for c in &active {
         *replicas.entry(c.instances.to_string()).or_default() += 1;
-        let v = if c.version.is_empty() {
-            "unknown"
-        } else {
-            &c.version
-        };
-        *versions.entry(v.to_string()).or_default() += 1;
     }
     let sum = |pick: fn(&Day) -> &BTreeMap<String, u64>| {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
@@ -869,6 +855,10 @@ async fn summary(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response
         "arch": sum(|d| &d.arch),
         "targets": sum(|d| &d.targets),
         "replicas": replicas,
+        "penetration": insights::penetration(&versions)
+            .into_iter()
+            .map(|(version, share)| json!({"version": version, "share": share}))
+            .collect::<Vec<_>>(),
         "days": days.iter().map(|d| json!({
             "day": d.day, "clusters": d.clusters, "reports": d.reports, "versions": d.versions,
         })).collect::<Vec<_>>(),
@@ -916,13 +906,106 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+/// Clusters whose latest slot is on `first` (a day) or later.
+fn active_since<'a>(clusters: &'a Clusters, first: &str) -> Vec<&'a Cluster> {
+    clusters
+        .clusters
+        .values()
+        .filter(|c| c.last_interval.get(..10).is_some_and(|d| d >= first))
+        .collect()
+}
+
+/// Clusters by the version of their latest slot.
+fn versions_of(active: &[&Cluster]) -> BTreeMap<String, u64> {
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for c in active {
+        let v = if c.version.is_empty() {
+            "unknown"
+        } else {
+            &c.version
+        };
+        *versions.entry(v.to_string()).or_default() += 1;
+    }
+    versions
+}
+
+/// Series the insights export on `/metrics` at most: per key, and in all.
+const EXPORT_PER_KEY: usize = 20;
+const EXPORT_TOTAL: usize = 2000;
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The insights of the last 7 days for Grafana: active clusters, clusters per version and per
+/// value of each categorical metric, only what `--min-clusters` lets be shown, at most
+/// [`EXPORT_PER_KEY`] values a key and [`EXPORT_TOTAL`] series in all.
+async fn insights_export(app: &App) -> Result<String, StoreError> {
+    use std::fmt::Write;
+    let (window, _) = insights_of(app, 7).await?;
+    let (days, clusters, _) = summaries(app, 7).await?;
+    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
+    let versions = versions_of(&active_since(&clusters, &first));
+    let min = app.min_clusters;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP reporter_insights_active_clusters Clusters with a report in the last 7 days.\n# TYPE reporter_insights_active_clusters gauge\nreporter_insights_active_clusters {}", window.clusters);
+    let _ = writeln!(out, "# HELP reporter_insights_clusters_by_version Active clusters (7 days) by the version of their latest slot, versions of at least --min-clusters clusters.\n# TYPE reporter_insights_clusters_by_version gauge");
+    let mut series = 0;
+    let mut shown: Vec<(&String, &u64)> = versions.iter().filter(|(_, n)| **n >= min).collect();
+    shown.sort_by(|a, b| b.1.cmp(a.1));
+    for (v, n) in shown.into_iter().take(EXPORT_PER_KEY) {
+        let _ = writeln!(
+            out,
+            "reporter_insights_clusters_by_version{{version=\"{}\"}} {n}",
+            label(v)
+        );
+        series += 1;
+    }
+    let _ = writeln!(out, "# HELP reporter_insights_metric_clusters Active clusters (7 days) per value of a categorical metric, values of at least --min-clusters clusters.\n# TYPE reporter_insights_metric_clusters gauge");
+    'keys: for (key, k) in &window.keys {
+        if k.clusters < min || (k.numeric() && k.values.len() > insights::FEW_NUMBERS) {
+            continue;
+        }
+        for (value, n) in k.view(min).values.iter().take(EXPORT_PER_KEY) {
+            if series >= EXPORT_TOTAL {
+                break 'keys;
+            }
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "reporter_insights_metric_clusters{{key=\"{}\",value=\"{}\"}} {n}",
+                label(key),
+                label(&value)
+            );
+            series += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The receiver's own figures, and the insights for a scraper that may read them (with
+/// `--read-token`, one that sends it: Prometheus's `authorization` setting).
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let mut body = app.health.render();
+    if authorized(&app, &headers) {
+        match insights_export(&app).await {
+            Ok(text) => body.push_str(&text),
+            // The receiver's own figures still go out; the insights wait for the store.
+            Err(e) => tracing::debug!(error = %e, "insights not exported: the store failed"),
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.health.render(),
+        body,
     )
         .into_response()
 }

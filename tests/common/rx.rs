@@ -217,3 +217,45 @@ pub async fn seed_of(store: &usage_reporter::Store) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Debian's chromium, or `None` (skipped) outside the test script.
+pub fn chromium() -> Option<String> {
+    let path = std::env::var("REPORTER_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
+    if Path::new(&path).exists() {
+        return Some(path);
+    }
+    if std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_ok() {
+        panic!("no chromium at {path}: run scripts/test.sh");
+    }
+    eprintln!("SKIPPED: browser test: no chromium at {path}");
+    None
+}
+
+/// Loads `url` in headless chromium with a fresh profile under `profile`, scripts run for up
+/// to 10 s of virtual time; what it prints (`--dump-dom` gives the DOM).
+pub fn browse(chromium: &str, profile: &Path, url: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--window-size=1400,1300",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
