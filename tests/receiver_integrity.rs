@@ -436,6 +436,12 @@ async fn post_signed(addr: SocketAddr, r: &Value, key: &ClusterKey) -> (u16, Val
     post_with(addr, body, &[("reporter-signature", sig.as_str())]).await
 }
 
+/// POSTs a report that must be accepted.
+async fn stored_ok(addr: SocketAddr, body: String) {
+    let (status, answer) = post(addr, body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 /// The cluster as the API shows it.
 async fn cluster(addr: SocketAddr, id: &str) -> Value {
     let all = get(addr, "/api/v1/clusters").await;
@@ -551,12 +557,7 @@ async fn an_unsigned_cluster_keeps_its_state_against_future_slots_foreign_shapes
     let (_rx, addr) = receiver(data.path(), &["--max-instances", "5"]);
     let victim = uuid();
     for _ in 0..3 {
-        assert_eq!(
-            post(addr, report(&victim, 1, &uuid(), "1.0.0").to_string())
-                .await
-                .0,
-            200
-        );
+        stored_ok(addr, report(&victim, 1, &uuid(), "1.0.0").to_string()).await;
     }
     rolled_up_since_now(addr).await;
     let before = cluster(addr, &victim).await;
@@ -794,12 +795,7 @@ async fn forget_leaves_nothing_of_a_cluster_and_retention_removes_old_raw_report
         );
     }
     for _ in 0..2 {
-        assert_eq!(
-            post(addr, report(&y, 1, &uuid(), "2.0.0").to_string())
-                .await
-                .0,
-            200
-        );
+        stored_ok(addr, report(&y, 1, &uuid(), "2.0.0").to_string()).await;
     }
     rolled_up_since_now(addr).await;
     assert!(data.path().join(format!("receiver/keys/{x}.json")).exists());
@@ -881,12 +877,7 @@ async fn forget_leaves_nothing_of_a_cluster_and_retention_removes_old_raw_report
 async fn a_failing_store_is_logged_when_it_starts_and_ends_not_per_request() {
     let data = tempfile::tempdir().unwrap();
     let (rx, addr) = receiver(data.path(), &[]);
-    assert_eq!(
-        post(addr, report(&uuid(), 1, &uuid(), "1.0.0").to_string())
-            .await
-            .0,
-        200
-    );
+    stored_ok(addr, report(&uuid(), 1, &uuid(), "1.0.0").to_string()).await;
     eventually(
         Duration::from_secs(30),
         "the first report rolled up",
@@ -902,12 +893,7 @@ async fn a_failing_store_is_logged_when_it_starts_and_ends_not_per_request() {
         assert_eq!(status, 503, "{answer}");
     }
     std::fs::remove_file(&inbox_dir).unwrap();
-    assert_eq!(
-        post(addr, report(&uuid(), 1, &uuid(), "1.0.0").to_string())
-            .await
-            .0,
-        200
-    );
+    stored_ok(addr, report(&uuid(), 1, &uuid(), "1.0.0").to_string()).await;
     let log = rx.log();
     assert_eq!(log.matches("the store is failing").count(), 1, "{log}");
     let recovered: Vec<&str> = log

@@ -683,6 +683,14 @@ async fn refresh(store: &Store, cache: &mut Cache) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A read of the API whose store call failed: 503, saying what the store answered.
+fn read_failed(e: &StoreError) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the store failed: {e}"),
+    )
+}
+
 /// `(latest, day)` of an insights aggregate's key.
 fn insight_day(key: &str) -> Option<(bool, &str)> {
     let rest = key.strip_prefix(figures::AGGREGATES)?;
@@ -756,12 +764,7 @@ async fn metric_keys(State(app): State<App>, Query(q): Query<DaysQuery>) -> Resp
     let n = q.days.unwrap_or(7).clamp(1, MAX_DAYS);
     let (window, _) = match insights_of(&app, n).await {
         Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the store failed: {e}"),
-            )
-        }
+        Err(e) => return read_failed(&e),
     };
     let metrics: Vec<_> = window
         .keys
@@ -788,12 +791,7 @@ async fn metric(
     let n = q.days.unwrap_or(7).clamp(1, MAX_DAYS);
     let (window, daily) = match insights_of(&app, n).await {
         Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the store failed: {e}"),
-            )
-        }
+        Err(e) => return read_failed(&e),
     };
     let min = app.min_clusters;
     let Some(k) = window.keys.get(&key).filter(|k| k.clusters >= min) else {
@@ -852,12 +850,7 @@ async fn summary(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response
     let n = q.days.unwrap_or(30).clamp(1, MAX_DAYS);
     let (days, clusters, _) = match summaries(&app, n).await {
         Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the store failed: {e}"),
-            )
-        }
+        Err(e) => return read_failed(&e),
     };
     let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
     let active = active_since(&clusters, &first);
@@ -903,12 +896,7 @@ struct ClustersQuery {
 async fn clusters(State(app): State<App>, Query(q): Query<ClustersQuery>) -> Response {
     let (_, clusters, order) = match summaries(&app, 1).await {
         Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the store failed: {e}"),
-            )
-        }
+        Err(e) => return read_failed(&e),
     };
     let list: Vec<&Cluster> = order
         .iter()
