@@ -2,9 +2,11 @@
 # The receiver's figures, on this machine, with the release build:
 #   1. reports per second one `reporter receive` stores, on a local directory and on moto S3
 #      (64 concurrent clients on loopback, every report distinct);
-#   2. summary, clusters and dashboard latency over 90 days at the design point (100,000
-#      clusters of 3 replicas), cold (first request) and warm (p50/p99 of 50);
-#   3. rollup time for 50,000 reports of one day, and per day at 1.8 M reports;
+#   2. summary, clusters, metrics and dashboard latency over 90 days at the design point
+#      (100,000 clusters of 3 replicas, 50 metric keys a report), cold (first request) and
+#      warm (p50/p99 of 50);
+#   3. rollup time for 50,000 reports of one day, and per day at 1.8 M reports; store bytes
+#      written per one-minute window at the design point, against the reports' bytes;
 #   4. a legitimate POST's latency (p50, p99, max of 100) alone and while 2,000 idle and 500
 #      slow-body connections are open, three runs each.
 #
@@ -58,6 +60,12 @@ read -r c50 p50 p99 < <(latency "http://$addr/api/v1/summary?days=90")
 echo "| /api/v1/summary?days=90 at the design point: cold, warm p50, warm p99 (ms) | $c50, $p50, $p99 |"
 read -r c50 p50 p99 < <(latency "http://$addr/api/v1/clusters?limit=500")
 echo "| /api/v1/clusters?limit=500 at the design point (ms) | $c50, $p50, $p99 |"
+read -r c50 p50 p99 < <(latency "http://$addr/api/v1/metrics?days=7")
+echo "| /api/v1/metrics?days=7 at the design point (ms) | $c50, $p50, $p99 |"
+read -r c50 p50 p99 < <(latency "http://$addr/api/v1/metrics/storage_backend?days=7")
+echo "| /api/v1/metrics/storage_backend?days=7 at the design point (ms) | $c50, $p50, $p99 |"
+read -r c50 p50 p99 < <(latency "http://$addr/api/v1/metrics/memstats.heap_inuse?days=90")
+echo "| /api/v1/metrics/memstats.heap_inuse?days=90 at the design point (ms) | $c50, $p50, $p99 |"
 read -r c50 p50 p99 < <(latency "http://$addr/")
 echo "| dashboard page (ms) | $c50, $p50, $p99 |"
 rss="$(awk '/VmRSS/ {print $2}' "/proc/${pids[-1]}/status")"
@@ -74,6 +82,16 @@ secs = float(sys.argv[2]) - float(sys.argv[1])
 n = int(sys.argv[3])
 print(f"| rollup of {n} reports of one day (s) | {secs:.2f} |")
 print(f"| rollup time per day at 1.8 M reports, extrapolated (min) | {secs * 1_800_000 / n / 60:.1f} |")
+PY
+
+read -r report_bytes written ratio _ < <("$bench" window-bytes "$work/wb" "${WINDOWS:-48}" 2>"$work/wb.log")
+echo "| store bytes written per one-minute window at the design point (417 clusters of 3; reports $report_bytes bytes) | $written bytes, ${ratio}x the reports |"
+# The cluster list's base is folded every 256 windows: its share at 100,000 clusters.
+python3 - "$report_bytes" "$written" <<'PY'
+import sys
+reports, written = int(sys.argv[1]), int(sys.argv[2])
+base = 100_000 * 400  # bytes of the base at 100,000 clusters (400 bytes an entry)
+print(f"| the same with the cluster list's compaction at 100,000 clusters (base/256 a window) | {(written + base / 256) / reports:.2f}x the reports |")
 PY
 
 # 4. Served under attack: fresh receivers, a fresh connection per legitimate request.

@@ -97,6 +97,9 @@ pub enum Rejection {
     /// Bytes that are not a report of this cluster matching the key.
     #[error("not a report: {0}")]
     Invalid(String),
+    /// Not exactly the shape of a report this version freezes.
+    #[error("not a report of this version's shape: {0}")]
+    Shape(crate::shape::ShapeError),
 }
 
 impl Rejection {
@@ -107,6 +110,7 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
             Rejection::NotRegular(_) => "not_regular",
             Rejection::Invalid(_) => "invalid",
+            Rejection::Shape(e) => e.reason(),
         }
     }
 }
@@ -122,11 +126,22 @@ pub enum Verdict {
     Reject(Rejection),
 }
 
-/// Vets bytes read at `usage/reports/<slot>/<instance>.json` for the cluster `seed`.
-pub fn vet(bytes: &[u8], seed: &Seed, slot: DateTime<Utc>, instance: &str) -> Verdict {
+/// Vets bytes read at `usage/reports/<slot>/<instance>.json` for the cluster `seed`, whose
+/// interval is `interval`: only exactly what this version freezes is sent
+/// ([`crate::shape`]).
+pub fn vet(
+    bytes: &[u8],
+    seed: &Seed,
+    slot: DateTime<Utc>,
+    instance: &str,
+    interval: Duration,
+) -> Verdict {
     let invalid = |why: &str| Verdict::Reject(Rejection::Invalid(why.to_string()));
     if bytes.len() > MAX_REPORT_BYTES {
         return Verdict::Reject(Rejection::TooLarge);
+    }
+    if let Err(e) = crate::shape::check(bytes, interval.as_secs_f64()) {
+        return Verdict::Reject(Rejection::Shape(e));
     }
     let Ok(Value::Object(report)) = serde_json::from_slice::<Value>(bytes) else {
         return invalid("not a JSON object");
@@ -339,7 +354,7 @@ impl Delivery {
                 return;
             }
         };
-        let Verdict::Send(key) = vet(&bytes, seed, slot, instance) else {
+        let Verdict::Send(key) = vet(&bytes, seed, slot, instance, self.cfg.interval) else {
             return;
         };
         let give_up = Instant::now() + self.cfg.interval;
@@ -527,7 +542,7 @@ impl Delivery {
                 return Turn::Stop;
             }
         };
-        let idempotency_key = match vet(&bytes, seed, slot, instance) {
+        let idempotency_key = match vet(&bytes, seed, slot, instance, self.cfg.interval) {
             Verdict::Send(k) => k,
             Verdict::Reject(why) => return self.reject(&key, why).await,
             Verdict::OtherCluster(other) => {
@@ -754,6 +769,7 @@ mod tests {
     }
 
     const INSTANCE: &str = "0b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e";
+    const FOUR_HOURS: Duration = Duration::from_secs(4 * 3600);
 
     fn report(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
         let mut m = serde_json::json!({
@@ -763,6 +779,9 @@ mod tests {
             "intervalPeriod": 14400,
             "target": "all",
             "instanceID": INSTANCE,
+            "version": {"version": "1.0.0", "revision": "", "branch": "", "buildUser": "",
+                        "buildDate": "", "rustVersion": "1.95.0"},
+            "os": "linux", "arch": "amd64", "edition": "oss",
             "metrics": {},
         });
         edit(m.as_object_mut().unwrap());
@@ -776,7 +795,7 @@ mod tests {
             .to_utc();
         let seed = seed();
         assert_eq!(
-            vet(&report(|_| {}), &seed, slot, INSTANCE),
+            vet(&report(|_| {}), &seed, slot, INSTANCE, FOUR_HOURS),
             Verdict::Send(format!(
                 "3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e/2024-01-01T06:00:00+02:00/{INSTANCE}"
             ))
@@ -789,7 +808,8 @@ mod tests {
                 }),
                 &seed,
                 slot,
-                INSTANCE
+                INSTANCE,
+                FOUR_HOURS
             ),
             Verdict::OtherCluster(other.into())
         );
@@ -821,8 +841,8 @@ mod tests {
         for bytes in invalid {
             assert!(
                 matches!(
-                    vet(&bytes, &seed, slot, INSTANCE),
-                    Verdict::Reject(Rejection::Invalid(_))
+                    vet(&bytes, &seed, slot, INSTANCE, FOUR_HOURS),
+                    Verdict::Reject(Rejection::Invalid(_) | Rejection::Shape(_))
                 ),
                 "{}",
                 String::from_utf8_lossy(&bytes)
@@ -832,7 +852,7 @@ mod tests {
             m.insert("pad".into(), "x".repeat(MAX_REPORT_BYTES).into());
         });
         assert_eq!(
-            vet(&huge, &seed, slot, INSTANCE),
+            vet(&huge, &seed, slot, INSTANCE, FOUR_HOURS),
             Verdict::Reject(Rejection::TooLarge)
         );
     }

@@ -40,6 +40,7 @@ pub mod replica;
 pub mod report;
 mod retry;
 pub mod seed;
+pub mod shape;
 pub mod signing;
 pub mod slots;
 pub mod stats;

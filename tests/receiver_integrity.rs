@@ -764,11 +764,10 @@ async fn forget_leaves_nothing_of_a_cluster_and_retention_removes_old_raw_report
     ));
     std::fs::create_dir_all(old_raw.parent().unwrap()).unwrap();
     std::fs::write(&old_raw, "{}").unwrap();
-    std::fs::create_dir_all(data.path().join("summaries/ids")).unwrap();
+    std::fs::create_dir_all(data.path().join("summaries")).unwrap();
     std::fs::write(
-        data.path()
-            .join(format!("summaries/ids/day={old_day}.json")),
-        r#"{"clusters":{}}"#,
+        data.path().join(format!("summaries/day={old_day}.json")),
+        format!(r#"{{"day":"{old_day}","reports":0,"os":{{}},"arch":{{}},"targets":{{}}}}"#),
     )
     .unwrap();
     let old_rollup = data
@@ -894,6 +893,11 @@ async fn a_failing_store_is_logged_when_it_starts_and_ends_not_per_request() {
     }
     std::fs::remove_file(&inbox_dir).unwrap();
     stored_ok(addr, report(&uuid(), 1, &uuid(), "1.0.0").to_string()).await;
+    // The log is written by the receiver's process; wait for it rather than race it.
+    eventually(Duration::from_secs(10), "the recovery logged", || async {
+        rx.log().contains("the store works again")
+    })
+    .await;
     let log = rx.log();
     assert_eq!(log.matches("the store is failing").count(), 1, "{log}");
     let recovered: Vec<&str> = log

@@ -52,7 +52,16 @@ fn golden_report() {
     let slot = timefmt::parse_rfc3339("2024-08-10T12:28:28.123456789Z")
         .unwrap()
         .to_utc();
-    let report = serde_json::to_value(source.freeze(slot)).unwrap();
+    let frozen = source.freeze(slot);
+    // What the leader vets before a POST: its own frozen report, with every metric kind, passes.
+    let bytes = serde_json::to_vec(&frozen).unwrap();
+    assert_eq!(
+        usage_reporter::shape::check(&bytes, 4.0 * 3600.0),
+        Ok(()),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let report = serde_json::to_value(frozen).unwrap();
     insta::assert_json_snapshot!(report, {
         ".instanceID" => "[uuid]",
         ".version.rustVersion" => "[rust]",

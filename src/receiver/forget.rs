@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layout;
 use super::rollup::{self, fenced_write, read_json, update_json, Fence, RollupError};
-use super::summary::{day_of, remember, Clusters, Day, DayClusters};
+use super::summary::{day_of, remember, Day};
 use crate::store::Store;
 
 /// Retention's progress.
@@ -38,10 +38,10 @@ const MAX_PARQUET_BYTES: usize = 1 << 30;
 /// The slot days that have been rolled up, oldest first.
 async fn days(store: &Store) -> Result<Vec<String>, RollupError> {
     let mut days: Vec<String> = store
-        .list(layout::DAY_IDS)
+        .list(layout::SUMMARIES)
         .await?
         .iter()
-        .filter_map(|k| layout::day_of_ids_key(k).map(str::to_string))
+        .filter_map(|k| layout::day_of_day_key(k).map(str::to_string))
         .collect();
     days.sort();
     Ok(days)
@@ -139,7 +139,6 @@ pub async fn forget(
     };
     let memo = format!("forget-{nonce}");
     for day in days(store).await? {
-        let (ids, _) = read_json::<DayClusters>(store, &layout::day_ids_key(&day)).await?;
         let raw = delete_all(
             store,
             &layout::kept_cluster_prefix(&day, cluster),
@@ -147,12 +146,10 @@ pub async fn forget(
             |_| true,
         )
         .await?;
-        if !ids.clusters.contains_key(cluster) && raw == 0 {
-            continue;
-        }
         gone.raw += raw;
-        // Read first; take the counts back (once per request); rewrite the files; and only
-        // then drop the cluster from the day's list, which is what tells a redo to look here.
+        // Read first; take the counts back (once per request); then rewrite the files. A redo
+        // reads every day again: files already rewritten have no rows of the cluster, and the
+        // day's summary remembers the request.
         let mut removed = Removed::default();
         let mut rewrites = Vec::new();
         for dataset in layout::DATASETS {
@@ -176,10 +173,11 @@ pub async fn forget(
                 }
             }
         }
-        let mut left = ids.clone();
-        left.clusters.remove(cluster);
+        if rewrites.is_empty() && raw == 0 {
+            continue;
+        }
         update_json::<Day>(store, &layout::day_key(&day), fence, |d| {
-            remember(&mut d.windows, &memo) && removed.take_from(d, &left)
+            remember(&mut d.windows, &memo) && removed.take_from(d)
         })
         .await?;
         for (key, kept) in rewrites {
@@ -191,19 +189,11 @@ pub async fn forget(
             gone.files += 1;
         }
         gone.rows += removed.rows as usize;
-        update_json::<DayClusters>(store, &layout::day_ids_key(&day), fence, |d| {
-            d.clusters.remove(cluster).is_some()
-        })
-        .await?;
         gone.days += 1;
     }
     super::figures::forget(store, cluster, &memo, fence).await?;
-    update_json::<Clusters>(store, layout::CLUSTERS, fence, |c| {
-        let before = c.ahead.len();
-        c.ahead.retain(|a| a.cluster != cluster);
-        c.clusters.remove(cluster).is_some() || c.ahead.len() != before
-    })
-    .await?;
+    // Folded now, so that neither its earlier entries nor its tombstone keep its ID.
+    super::cluster_list::compact(store, true, fence).await?;
     fenced_write(fence)?;
     store.delete(&layout::pin_key(cluster)).await?;
     Ok(gone)
@@ -220,7 +210,7 @@ struct Removed {
 
 impl Removed {
     /// Takes the removed rows out of a day's summary; whether anything changed.
-    fn take_from(&self, d: &mut Day, ids: &DayClusters) -> bool {
+    fn take_from(&self, d: &mut Day) -> bool {
         let take = |m: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
             for (k, n) in from {
                 let k = if k.is_empty() { "unknown" } else { k.as_str() };
@@ -236,11 +226,6 @@ impl Removed {
         take(&mut d.os, &self.os);
         take(&mut d.arch, &self.arch);
         take(&mut d.targets, &self.targets);
-        d.clusters = ids.clusters.len() as u64;
-        d.versions.clear();
-        for v in ids.clusters.values() {
-            *d.versions.entry(v.clone()).or_default() += 1;
-        }
         true
     }
 }

@@ -44,39 +44,148 @@ pub struct Figure {
 /// A cluster's figures for one slot, by key.
 pub type Figures = BTreeMap<String, Figure>;
 
-/// Merges the leaves of a cluster's replicas (one list per replica) into its figures.
-pub fn merge<'a>(replicas: impl IntoIterator<Item = &'a [Leaf]>) -> Figures {
-    let mut texts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut numbers: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for leaves in replicas {
-        for leaf in leaves {
-            if let Some(t) = &leaf.text {
-                texts.entry(leaf.key.clone()).or_default().insert(t.clone());
+/// One key's values over the replicas merged so far: enough to merge one more replica in
+/// without keeping each replica's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Text values any replica reported.
+    #[serde(default, rename = "t", skip_serializing_if = "BTreeSet::is_empty")]
+    pub texts: BTreeSet<String>,
+    /// Numbers: `(min, max, sum, all 0 or 1)`; stored as `[value, count]` when all are equal,
+    /// else `[min, max, sum, all01]`, integers without a fraction (states stay small).
+    #[serde(
+        default,
+        rename = "n",
+        skip_serializing_if = "Option::is_none",
+        with = "compact_numbers"
+    )]
+    pub numbers: Option<(f64, f64, f64, bool)>,
+}
+
+/// The stored form of [`Partial::numbers`].
+mod compact_numbers {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Int(i64),
+        Float(f64),
+        Flag(bool),
+    }
+
+    fn num(x: f64) -> Num {
+        if x.fract() == 0.0 && x.abs() < 9.0e15 {
+            Num::Int(x as i64)
+        } else {
+            Num::Float(x)
+        }
+    }
+
+    fn float(n: &Num) -> Option<f64> {
+        match n {
+            Num::Int(i) => Some(*i as f64),
+            Num::Float(f) => Some(*f),
+            Num::Flag(_) => None,
+        }
+    }
+
+    pub fn serialize<S: Serializer>(
+        v: &Option<(f64, f64, f64, bool)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some((lo, hi, _, _)) if lo == hi && *lo == 0.0 => [num(0.0), num(1.0)].serialize(s),
+            Some((lo, hi, sum, _)) if lo == hi && (sum / lo).fract() == 0.0 => {
+                [num(*lo), num(sum / lo)].serialize(s)
             }
-            if let Some(n) = leaf.number.filter(|n| n.is_finite()) {
-                numbers.entry(leaf.key.clone()).or_default().push(n);
+            Some((lo, hi, sum, flags)) => {
+                [num(*lo), num(*hi), num(*sum), Num::Flag(*flags)].serialize(s)
             }
         }
     }
-    let mut out = Figures::new();
-    for (key, set) in texts {
-        out.entry(key).or_default().texts = set;
+
+    type Numbers = Option<(f64, f64, f64, bool)>;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Numbers, D::Error> {
+        let v: Option<Vec<Num>> = Option::deserialize(d)?;
+        let bad = || serde::de::Error::custom("numbers: [value, count] or [min, max, sum, all01]");
+        match v.as_deref() {
+            None => Ok(None),
+            Some([value, count]) => {
+                let (value, count) = (float(value).ok_or_else(bad)?, float(count).ok_or_else(bad)?);
+                Ok(Some((
+                    value,
+                    value,
+                    value * count,
+                    value == 0.0 || value == 1.0,
+                )))
+            }
+            Some([lo, hi, sum, Num::Flag(flags)]) => Ok(Some((
+                float(lo).ok_or_else(bad)?,
+                float(hi).ok_or_else(bad)?,
+                float(sum).ok_or_else(bad)?,
+                *flags,
+            ))),
+            Some(_) => Err(bad()),
+        }
     }
-    for (key, ns) in numbers {
-        out.entry(key).or_default().number = Some(combine(&ns));
-    }
-    out
 }
 
-/// Several replicas' numbers as one: see the module docs.
-fn combine(ns: &[f64]) -> f64 {
-    if ns.iter().all(|n| *n == 0.0 || *n == 1.0) {
-        ns.iter().copied().fold(0.0, f64::max)
-    } else if ns.windows(2).all(|w| w[0] == w[1]) {
-        ns[0]
-    } else {
-        ns.iter().sum()
+/// A slot's keys, over the replicas merged so far.
+pub type Partials = BTreeMap<String, Partial>;
+
+/// Merges one replica's leaves in.
+pub fn add_replica(into: &mut Partials, leaves: &[Leaf]) {
+    for leaf in leaves {
+        let p = into.entry(leaf.key.clone()).or_default();
+        if let Some(t) = &leaf.text {
+            p.texts.insert(t.clone());
+        }
+        if let Some(n) = leaf.number.filter(|n| n.is_finite()) {
+            let flag = n == 0.0 || n == 1.0;
+            p.numbers = Some(match p.numbers {
+                None => (n, n, n, flag),
+                Some((lo, hi, sum, all)) => (lo.min(n), hi.max(n), sum + n, all && flag),
+            });
+        }
     }
+}
+
+/// The cluster's figures from its merged replicas: see the module docs.
+pub fn figures_of(partials: &Partials) -> Figures {
+    partials
+        .iter()
+        .map(|(key, p)| {
+            let number = p.numbers.map(|(lo, hi, sum, flags)| {
+                if flags {
+                    hi
+                } else if lo == hi {
+                    lo
+                } else {
+                    sum
+                }
+            });
+            (
+                key.clone(),
+                Figure {
+                    texts: p.texts.clone(),
+                    number,
+                },
+            )
+        })
+        .filter(|(_, f)| !f.texts.is_empty() || f.number.is_some())
+        .collect()
+}
+
+/// Merges the leaves of a cluster's replicas (one list per replica) into its figures.
+pub fn merge<'a>(replicas: impl IntoIterator<Item = &'a [Leaf]>) -> Figures {
+    let mut partials = Partials::new();
+    for leaves in replicas {
+        add_replica(&mut partials, leaves);
+    }
+    figures_of(&partials)
 }
 
 /// The clusters counted for one key.
@@ -112,6 +221,49 @@ pub struct Aggregate {
     pub clusters: u64,
     /// By key.
     pub keys: BTreeMap<String, KeyAggregate>,
+    /// Clusters by the version of their slot (see [`Counted::version`]).
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
+    /// Clusters by how many replicas reported their slot.
+    #[serde(default)]
+    pub replicas: BTreeMap<String, u64>,
+    /// Replicas that reported, summed over the clusters.
+    #[serde(default)]
+    pub instances: u64,
+}
+
+/// One cluster's slot as an aggregate counts it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counted {
+    /// Its figures, its replicas merged.
+    pub figures: Figures,
+    /// The lowest version (semver order) of its replicas: the version the whole cluster has
+    /// reached, so a cluster halfway through a rolling upgrade counts at the old one.
+    pub version: String,
+    /// Replicas that reported the slot.
+    pub instances: u64,
+}
+
+/// The lowest of some versions, in semver order (`unknown` for none or an empty one).
+pub fn lowest_version<'a>(versions: impl IntoIterator<Item = &'a str>) -> String {
+    versions
+        .into_iter()
+        .map(|v| if v.is_empty() { "unknown" } else { v })
+        .min_by(|a, b| semver_cmp(a, b))
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Adds one to (or takes one from) a count in a map without a cap, dropping zeros.
+fn count(map: &mut BTreeMap<String, u64>, k: &str, up: bool) {
+    if up {
+        *map.entry(k.to_string()).or_default() += 1;
+    } else if let Some(n) = map.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(k);
+        }
+    }
 }
 
 fn bucket(x: f64) -> i32 {
@@ -155,6 +307,19 @@ fn step(n: &mut u64, up: bool) {
 }
 
 impl Aggregate {
+    /// Counts one cluster's slot in (`up`) or takes it back out (`!up`): its figures, its
+    /// version and its replicas.
+    pub fn apply_cluster(&mut self, c: &Counted, up: bool) {
+        self.apply(&c.figures, up);
+        count(&mut self.versions, &c.version, up);
+        count(&mut self.replicas, &c.instances.to_string(), up);
+        self.instances = if up {
+            self.instances + c.instances
+        } else {
+            self.instances.saturating_sub(c.instances)
+        };
+    }
+
     /// Counts one cluster's figures in (`up`) or takes them back out (`!up`). Taking back
     /// exactly what was added leaves the aggregate as it was.
     pub fn apply(&mut self, figures: &Figures, up: bool) {
@@ -203,6 +368,15 @@ impl Aggregate {
     /// Adds another aggregate (of other clusters) to this one.
     pub fn merge(&mut self, other: &Aggregate) {
         self.clusters += other.clusters;
+        self.instances += other.instances;
+        for (mine, theirs) in [
+            (&mut self.versions, &other.versions),
+            (&mut self.replicas, &other.replicas),
+        ] {
+            for (k, n) in theirs {
+                *mine.entry(k.clone()).or_default() += n;
+            }
+        }
         for (key, o) in &other.keys {
             let k = self.keys.entry(key.clone()).or_default();
             k.clusters += o.clusters;
@@ -373,6 +547,32 @@ mod tests {
 
     fn leaves(v: serde_json::Value) -> Vec<Leaf> {
         super::super::leaves::of(&v)
+    }
+
+    #[test]
+    fn partials_are_stored_small_and_read_back_the_same() {
+        for numbers in [
+            (0.0, 0.0, 0.0, true),
+            (1.0, 1.0, 3.0, true),
+            (3.0, 3.0, 9.0, false),
+            (0.0, 1.0, 2.0, true),
+            (0.1, 0.1, 0.30000000000000004, false),
+            (-2.5, 7.0, 4.5, false),
+        ] {
+            let p = Partial {
+                texts: BTreeSet::new(),
+                numbers: Some(numbers),
+            };
+            let text = serde_json::to_string(&p).unwrap();
+            let back: Partial = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, p, "{text}");
+        }
+        let text = serde_json::to_string(&Partial {
+            texts: BTreeSet::new(),
+            numbers: Some((336.0, 336.0, 1008.0, false)),
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"n":[336,3]}"#);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! received/kept/day=<slot day>/<clusterID>/<slot ns>/<instance key>.json    rolled up; kept for --retention
 //! rollups/day=<slot day>/<window>.parquet                                  rolled-up reports
 //! metrics/day=<slot day>/<window>.parquet                                  their metrics, a row per leaf
-//! summaries/day=<slot day>.json                                            a day's figures
-//! summaries/ids/day=<slot day>.json                                        a day's clusters
-//! summaries/clusters.json                                                  every cluster's latest state
+//! summaries/day=<slot day>.json                                            a day's reports by os, arch, target
+//! summaries/clusters/{base,delta-<window>}.json                            the cluster list (see cluster_list)
+//! summaries/insights/[latest/]day=<slot day>.json                          the insights (see figures)
+//! receiver/insights/<clusterID>.json                                       a cluster's state (see figures)
 //! receiver/rollup.json                                                     the rollup's progress
 //! receiver/lease.json                                                      which receiver rolls up
 //! receiver/keys/<clusterID>.json                                           a cluster's pinned public key
@@ -30,10 +31,8 @@ pub const RECEIVED: &str = "received/";
 pub const INBOX: &str = "received/inbox/";
 /// Reports rolled up, kept as received.
 pub const KEPT: &str = "received/kept/";
-/// The all-clusters summary.
-pub const CLUSTERS: &str = "summaries/clusters.json";
-/// Every day's cluster list.
-pub const DAY_IDS: &str = "summaries/ids/";
+/// The summaries the API reads.
+pub const SUMMARIES: &str = "summaries/";
 /// The rollup's progress.
 pub const ROLLUP_STATE: &str = "receiver/rollup.json";
 /// The rollup leader's lease.
@@ -110,17 +109,12 @@ pub fn metrics_key(day: &str, window: &str) -> String {
 
 /// `summaries/day=<day>.json`
 pub fn day_key(day: &str) -> String {
-    format!("summaries/day={day}.json")
+    format!("{SUMMARIES}day={day}.json")
 }
 
-/// `summaries/ids/day=<day>.json`
-pub fn day_ids_key(day: &str) -> String {
-    format!("{DAY_IDS}day={day}.json")
-}
-
-/// The day of a `summaries/ids/day=<day>.json` key.
-pub fn day_of_ids_key(key: &str) -> Option<&str> {
-    key.strip_prefix(DAY_IDS)?
+/// The day of a `summaries/day=<day>.json` key.
+pub fn day_of_day_key(key: &str) -> Option<&str> {
+    key.strip_prefix(SUMMARIES)?
         .strip_prefix("day=")?
         .strip_suffix(".json")
 }
@@ -185,10 +179,7 @@ mod tests {
         assert_eq!(cluster_of(&kept), Some("c1"));
         let [inbox, kept_prefix] = slot_prefixes("c1", slot);
         assert!(k.starts_with(&inbox) && kept.starts_with(&kept_prefix));
-        assert_eq!(
-            day_of_ids_key(&day_ids_key("2026-02-02")),
-            Some("2026-02-02")
-        );
+        assert_eq!(day_of_day_key(&day_key("2026-02-02")), Some("2026-02-02"));
         let obj = stored_object(Some("ed25519 key=aa sig=bb"), b"{}");
         assert_eq!(
             split_stored(&obj),

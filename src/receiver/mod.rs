@@ -22,6 +22,7 @@
 //! on the report, so create-if-absent stores it once whichever receiver takes it, and one of
 //! them, elected through the same lease as the replicas use (its own object), rolls up.
 
+pub mod cluster_list;
 pub mod figures;
 pub mod forget;
 pub mod insights;
@@ -52,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Histogram;
 use crate::lease::{Elector, LeaseConfig};
 use crate::store::{self, OpenError, Store, StoreError};
-use summary::{Cluster, Clusters, Day};
+use summary::{Cluster, Day};
 
 /// The receiver's defaults.
 pub mod defaults {
@@ -352,9 +353,8 @@ struct Cache {
     checked: Option<Instant>,
     seen: HashMap<String, chrono::DateTime<Utc>>,
     days: BTreeMap<String, Day>,
-    clusters: Arc<Clusters>,
-    /// Cluster IDs, most recently seen first.
-    order: Arc<Vec<String>>,
+    /// The cluster list.
+    list: cluster_list::View,
     /// Insights: each cluster active on a day once (the trend), by day.
     daily: BTreeMap<String, Arc<insights::Aggregate>>,
     /// Insights: each cluster once, on the day of its latest slot.
@@ -646,18 +646,17 @@ async fn refresh(store: &Store, cache: &mut Cache) -> Result<(), StoreError> {
     if cache.checked.is_some_and(|at| at.elapsed() < CACHE_FOR) {
         return Ok(());
     }
-    for entry in store.entries("summaries/").await? {
+    let (list, entries): (Vec<_>, Vec<_>) = store
+        .entries(layout::SUMMARIES)
+        .await?
+        .into_iter()
+        .partition(|e| e.key.starts_with(cluster_list::PREFIX));
+    cache.list.refresh(store, &list).await?;
+    for entry in entries {
         if cache.seen.get(&entry.key) == Some(&entry.modified) {
             continue;
         }
-        if entry.key == layout::CLUSTERS {
-            let obj = store.get_limited(&entry.key, 512 << 20).await?;
-            let clusters: Clusters = serde_json::from_slice(&obj.bytes).unwrap_or_default();
-            let mut order: Vec<&Cluster> = clusters.clusters.values().collect();
-            order.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
-            cache.order = Arc::new(order.iter().map(|c| c.cluster_id.clone()).collect());
-            cache.clusters = Arc::new(clusters);
-        } else if let Some((latest, day)) = insight_day(&entry.key) {
+        if let Some((latest, day)) = insight_day(&entry.key) {
             let obj = store.get_limited(&entry.key, 64 << 20).await?;
             if let Ok(a) = serde_json::from_slice::<figures::StoredAggregate>(&obj.bytes) {
                 let map = if latest {
@@ -826,39 +825,49 @@ async fn metric(
     Json(body).into_response()
 }
 
-/// The summaries of the last `days` days (today included; days without reports as zeros),
-/// every cluster's state, and cluster IDs most recently seen first.
-async fn summaries(
-    app: &App,
-    days: i64,
-) -> Result<(Vec<Day>, Arc<Clusters>, Arc<Vec<String>>), StoreError> {
+/// The summaries of the last `days` days, oldest first (today included; days without reports
+/// as zeros; each day's clusters and versions from its insights aggregate), and the clusters
+/// active in them, each once by its latest slot.
+async fn summaries(app: &App, days: i64) -> Result<(Vec<Day>, insights::Aggregate), StoreError> {
     let mut cache = app.cache.lock().await;
     refresh(&app.store, &mut cache).await?;
-    let days = last_days(days)
+    let days = last_days(days);
+    let window = figures::sum(
+        days.iter()
+            .filter_map(|d| cache.latest.get(d).map(|a| a.as_ref())),
+    );
+    let days = days
         .into_iter()
         .map(|d| {
-            cache.days.get(&d).cloned().unwrap_or_else(|| Day {
-                day: d,
+            let mut day = cache.days.get(&d).cloned().unwrap_or_else(|| Day {
+                day: d.clone(),
                 ..Day::default()
-            })
+            });
+            if let Some(a) = cache.daily.get(&d) {
+                day.clusters = a.clusters;
+                day.versions = a.versions.clone();
+            }
+            day
         })
         .collect();
-    Ok((days, cache.clusters.clone(), cache.order.clone()))
+    Ok((days, window))
+}
+
+/// Every cluster in the list, most recently seen first.
+async fn cluster_list(app: &App) -> Result<Arc<Vec<Cluster>>, StoreError> {
+    let mut cache = app.cache.lock().await;
+    refresh(&app.store, &mut cache).await?;
+    Ok(cache.list.order.clone())
 }
 
 async fn summary(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response {
     let n = q.days.unwrap_or(30).clamp(1, MAX_DAYS);
-    let (days, clusters, _) = match summaries(&app, n).await {
+    let (days, active) = match summaries(&app, n).await {
         Ok(s) => s,
         Err(e) => return read_failed(&e),
     };
-    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
-    let active = active_since(&clusters, &first);
-    let versions = versions_of(&active);
-    let mut replicas: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &active {
-        *replicas.entry(c.instances.to_string()).or_default() += 1;
-    }
+    let versions = active.versions;
+    let replicas = active.replicas;
     let sum = |pick: fn(&Day) -> &BTreeMap<String, u64>| {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         for d in &days {
@@ -869,8 +878,8 @@ async fn summary(State(app): State<App>, Query(q): Query<DaysQuery>) -> Response
         m
     };
     let body = json!({
-        "clusters": active.len(),
-        "instances": active.iter().map(|c| c.instances).sum::<u64>(),
+        "clusters": active.clusters,
+        "instances": active.instances,
         "reports": days.iter().map(|d| d.reports).sum::<u64>(),
         "versions": versions,
         "os": sum(|d| &d.os),
@@ -894,16 +903,12 @@ struct ClustersQuery {
 }
 
 async fn clusters(State(app): State<App>, Query(q): Query<ClustersQuery>) -> Response {
-    let (_, clusters, order) = match summaries(&app, 1).await {
+    let all = match cluster_list(&app).await {
         Ok(s) => s,
         Err(e) => return read_failed(&e),
     };
-    let list: Vec<&Cluster> = order
-        .iter()
-        .take(q.limit.unwrap_or(usize::MAX))
-        .filter_map(|id| clusters.clusters.get(id))
-        .collect();
-    Json(json!({"clusters": list, "total": clusters.clusters.len()})).into_response()
+    let list: Vec<&Cluster> = all.iter().take(q.limit.unwrap_or(usize::MAX)).collect();
+    Json(json!({"clusters": list, "total": all.len()})).into_response()
 }
 
 /// The dashboard: one self-contained page, no CDN, charts drawn as SVG by its own script.
@@ -923,29 +928,6 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-/// Clusters whose latest slot is on `first` (a day) or later.
-fn active_since<'a>(clusters: &'a Clusters, first: &str) -> Vec<&'a Cluster> {
-    clusters
-        .clusters
-        .values()
-        .filter(|c| c.last_interval.get(..10).is_some_and(|d| d >= first))
-        .collect()
-}
-
-/// Clusters by the version of their latest slot.
-fn versions_of(active: &[&Cluster]) -> BTreeMap<String, u64> {
-    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
-    for c in active {
-        let v = if c.version.is_empty() {
-            "unknown"
-        } else {
-            &c.version
-        };
-        *versions.entry(v.to_string()).or_default() += 1;
-    }
-    versions
-}
-
 /// Series the insights export on `/metrics` at most: per key, and in all.
 const EXPORT_PER_KEY: usize = 20;
 const EXPORT_TOTAL: usize = 2000;
@@ -963,9 +945,7 @@ fn label(v: &str) -> String {
 async fn insights_export(app: &App) -> Result<String, StoreError> {
     use std::fmt::Write;
     let (window, _) = insights_of(app, 7).await?;
-    let (days, clusters, _) = summaries(app, 7).await?;
-    let first = days.first().map(|d| d.day.clone()).unwrap_or_default();
-    let versions = versions_of(&active_since(&clusters, &first));
+    let versions = &window.versions;
     let min = app.min_clusters;
     let mut out = String::new();
     let _ = writeln!(out, "# HELP reporter_insights_active_clusters Clusters with a report in the last 7 days.\n# TYPE reporter_insights_active_clusters gauge\nreporter_insights_active_clusters {}", window.clusters);
@@ -1324,6 +1304,7 @@ pub async fn roll_up_all(store: &Store) -> Result<rollup::Outcome, rollup::Rollu
     loop {
         let out = rollup::run_once(store, started, Duration::ZERO, &rollup::unfenced()).await?;
         if out.window.is_empty() {
+            cluster_list::compact(store, false, &rollup::unfenced()).await?;
             return Ok(total);
         }
         total.rows += out.rows;
@@ -1406,6 +1387,14 @@ async fn roll_up_while_leading(
                 }
                 if out.more {
                     wait = Duration::ZERO;
+                } else if !out.window.is_empty() {
+                    match cluster_list::compact(&store, false, &fence).await {
+                        Ok(0) | Err(rollup::RollupError::NotLeader) => {}
+                        Ok(n) => tracing::info!(deltas = n, "cluster list compacted"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "compacting the cluster list failed; it is tried again after the next window")
+                        }
+                    }
                 }
             }
             Err(rollup::RollupError::NotLeader) => {}

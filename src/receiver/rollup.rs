@@ -33,7 +33,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::intake;
 use super::layout;
-use super::summary::{day_of, Clusters, Day, DayClusters, Row};
+use super::summary::{day_of, Day, Row};
 use crate::store::{Store, StoreError};
 use crate::timefmt;
 
@@ -307,19 +307,18 @@ async fn apply(
         store.put(&layout::metrics_key(day, window), long).await?;
         out.files += 1;
         out.rows += rows.len();
-        let ids =
-            update_json::<DayClusters>(store, &layout::day_ids_key(day), fence, |d| d.add(rows))
-                .await?;
+    }
+    let all: Vec<&Row> = by_day.values().flatten().collect();
+    let at = DateTime::<Utc>::from_timestamp_millis(pending.at_ms).unwrap_or_default();
+    super::figures::take_window(store, window, &all, at, fence).await?;
+    // The days' report counts last: once they show a window, its clusters show too.
+    for (day, rows) in &by_day {
         update_json::<Day>(store, &layout::day_key(day), fence, |d| {
             d.day = day.clone();
-            d.add(window, rows, &ids)
+            d.add(window, rows)
         })
         .await?;
     }
-    let all: Vec<Row> = by_day.into_values().flatten().collect();
-    let at = DateTime::<Utc>::from_timestamp_millis(pending.at_ms).unwrap_or_default();
-    update_json::<Clusters>(store, layout::CLUSTERS, fence, |c| c.add(window, &all, at)).await?;
-    super::figures::take_window(store, window, &all, at, fence).await?;
     let deletes: Vec<_> = pending
         .rows
         .iter()
