@@ -215,7 +215,7 @@ impl ClusterState {
         for row in rows {
             due.extend(self.record(row, now));
         }
-        due.sort_by(|a, b| b.slot.cmp(&a.slot));
+        due.sort_by_key(|a| std::cmp::Reverse(a.slot));
         for a in due {
             self.place(a);
         }
