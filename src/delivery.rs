@@ -174,6 +174,17 @@ pub fn vet(
     Verdict::Send(format!("{cluster}/{interval}/{instance}"))
 }
 
+/// What became of a report handed to [`Delivery::keep`].
+#[derive(Debug)]
+pub enum Kept {
+    /// In the bucket.
+    Kept,
+    /// Not kept, and said so (too large, given up, shutdown).
+    Dropped,
+    /// The store refuses writes: the caller sends the report directly.
+    Refused(StoreError),
+}
+
 /// Why a POST did not deliver a report.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
@@ -220,6 +231,33 @@ struct Memory {
     records: StateLog,
     /// Whether reading the signing key is failing, so that it is logged once.
     signing: StateLog,
+    /// Whether POSTs are failing (and how many attempts failed since), logged on change.
+    posts: StateLog,
+    failed_posts: u64,
+    /// Whether reading reports to deliver is failing, logged on change.
+    reads: StateLog,
+    /// Whether keeping reports in the bucket is failing, logged on change.
+    keeps: StateLog,
+    /// Delivery records read back (or written) by this leader and found to be records.
+    verified: HashSet<(DateTime<Utc>, String)>,
+    /// Objects at a record's key that are not records: their report is sent, and the object
+    /// replaced by the real record.
+    bad_records: HashSet<(DateTime<Utc>, String)>,
+}
+
+/// A delivery record, exactly: what [`Delivery::record`] writes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Parsed to be checked, never read.
+struct Record {
+    delivered_at: String,
+    term: u64,
+}
+
+/// Whether bytes are a delivery record.
+fn is_record(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Record>(bytes)
+        .is_ok_and(|r| timefmt::parse_rfc3339(&r.delivered_at).is_some())
 }
 
 /// Keeps reports in the bucket and, for the leader, delivers them.
@@ -243,7 +281,44 @@ struct Listing {
     foreign: Vec<String>,
 }
 
+impl PostError {
+    /// What kind of failure it is, for logging on change.
+    fn kind(&self) -> String {
+        match self {
+            PostError::Redirect(code) | PostError::Status(code) => format!("status {code}"),
+            PostError::Request(_) => "request".into(),
+            PostError::NotLeader => "not leader".into(),
+            PostError::Shutdown => "shutdown".into(),
+        }
+    }
+}
+
 impl Delivery {
+    /// Logs a failed POST when failures start or change kind, with the receiver's answer;
+    /// never once per report or per attempt.
+    fn post_failed(&self, e: &PostError) {
+        if matches!(e, PostError::NotLeader | PostError::Shutdown) {
+            return;
+        }
+        let mut memory = self.memory();
+        memory.failed_posts += 1;
+        if memory.posts.failing(e.kind()) {
+            tracing::warn!(error = %e, "deliveries are failing; retried on every pass, logged again when they work or fail differently");
+        }
+    }
+
+    /// Logs the end of a failure, with how many attempts it cost.
+    fn post_worked(&self) {
+        let mut memory = self.memory();
+        if memory.posts.recovered() {
+            tracing::info!(
+                failed_attempts = memory.failed_posts,
+                "deliveries work again"
+            );
+        }
+        memory.failed_posts = 0;
+    }
+
     /// A delivery handle; fails only if the HTTP client cannot be built.
     pub fn new(
         store: Store,
@@ -277,19 +352,21 @@ impl Delivery {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps a frozen report in the bucket, retrying store failures until the next slot.
+    /// Keeps a frozen report in the bucket, retrying store failures until the next slot; a
+    /// store that refuses writes (denied, read-only, full) is answered at once, for the caller
+    /// to send the report directly.
     pub async fn keep(
         &self,
         slot: DateTime<Utc>,
         instance: &str,
         report: Report,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Kept {
         let bytes = match serde_json::to_vec(&report) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialize a report");
-                return;
+                return Kept::Dropped;
             }
         };
         if bytes.len() > MAX_REPORT_BYTES {
@@ -300,35 +377,69 @@ impl Delivery {
                 "this slot's report is larger than the report size cap and is not kept; shorten the service's string metrics"
             );
             self.health.report_dropped();
-            return;
+            return Kept::Dropped;
         }
         let key = report_key(slot, instance);
         let give_up = Instant::now() + self.cfg.interval;
         let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(30));
-        let mut warned = false;
         loop {
             match self.store.create(&key, bytes.clone()).await {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => {
                     self.health.report_written();
                     tracing::debug!(slot = %timefmt::rfc3339_nano(&slot), "report kept in the bucket");
-                    return;
+                    if self.memory().keeps.recovered() {
+                        tracing::info!("reports are kept in the bucket again");
+                    }
+                    return Kept::Kept;
                 }
+                Err(e) if e.refuses_writes() => return Kept::Refused(e),
                 Err(e) => {
-                    if !warned {
-                        tracing::warn!(error = %e, "cannot keep this slot's report in the bucket; retrying");
-                        warned = true;
+                    if self.memory().keeps.failing(e.kind()) {
+                        tracing::warn!(error = %e, "cannot keep reports in the bucket; retrying until each slot's next, logged again when it works");
                     }
                 }
             }
             let wait = delays.next().unwrap_or(Duration::from_secs(30));
             if Instant::now() + wait > give_up {
-                tracing::error!(slot = %timefmt::rfc3339_nano(&slot), "gave up keeping this slot's report: the store did not take it before the next slot");
+                // A create that timed out may still be applied: only a report that is still
+                // not there once it would be too old to deliver is lost.
+                let (this, key, shutdown) = (self.clone(), key.clone(), shutdown.clone());
+                tokio::spawn(async move { this.confirm(slot, &key, &shutdown).await });
+                return Kept::Dropped;
+            }
+            if sleep_or_stop(wait, shutdown).await {
+                return Kept::Dropped;
+            }
+        }
+    }
+
+    /// Reads a report the store did not acknowledge back until it is there (counted kept) or
+    /// would be past the age bound (counted dropped, at ERROR): a create that timed out can
+    /// still be applied when a paused or slow store catches up.
+    async fn confirm(&self, slot: DateTime<Utc>, key: &str, shutdown: &CancellationToken) {
+        let cap = (self.cfg.interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(300));
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.store.get(key).await {
+                Ok(_) => {
+                    self.health.report_written();
+                    tracing::info!(slot = %timefmt::rfc3339_nano(&slot), "the store took this slot's report after all");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "reading an unacknowledged report back"),
+            }
+            let too_old = (Utc::now() - slot)
+                .to_std()
+                .is_ok_and(|age| age + wait > self.cfg.max_age);
+            if too_old {
+                tracing::error!(slot = %timefmt::rfc3339_nano(&slot), "lost this slot's report: the store did not take it before it was too old to deliver");
                 self.health.report_dropped();
                 return;
             }
             if sleep_or_stop(wait, shutdown).await {
                 return;
             }
+            wait = (wait * 2).min(cap);
         }
     }
 
@@ -368,6 +479,7 @@ impl Delivery {
                 .await
             {
                 Ok(latency) => {
+                    self.post_worked();
                     self.health.report_delivered(latency);
                     return;
                 }
@@ -379,7 +491,7 @@ impl Delivery {
                         self.health.report_dropped();
                         return;
                     }
-                    tracing::warn!(slot = %timefmt::rfc3339_nano(&slot), error = %e, "report not sent; retrying");
+                    self.post_failed(&e);
                     if sleep_or_stop(wait, shutdown).await {
                         return;
                     }
@@ -403,6 +515,7 @@ impl Delivery {
             out.rejected += 1;
         }
         let now = Utc::now();
+        let bad_records = self.check_records(&listing, now).await;
         // Up to `concurrency` reports are read, POSTed and recorded at once, oldest first, so
         // a pass takes about (reports / concurrency) round trips, and holds at most that many
         // reports' bytes. Once one turn fails (the receiver, the store, leadership), no new one
@@ -412,7 +525,7 @@ impl Delivery {
         let due: Vec<(DateTime<Utc>, String)> = listing
             .reports
             .iter()
-            .filter(|item| !listing.delivered.contains(item))
+            .filter(|item| !listing.delivered.contains(item) || bad_records.contains(item))
             .cloned()
             .collect();
         let failed = &failed;
@@ -474,12 +587,71 @@ impl Delivery {
         let keys: HashSet<String> = listing
             .reports
             .iter()
-            .map(|(s, i)| report_key(*s, i))
+            .flat_map(|(s, i)| [report_key(*s, i), record_key(*s, i)])
             .chain(listing.foreign.iter().cloned())
             .collect();
         let mut memory = self.memory();
         memory.unrecorded.retain(|item| present.contains(item));
+        memory.verified.retain(|item| present.contains(item));
+        memory.bad_records.retain(|item| present.contains(item));
         memory.noted.retain(|k| keys.contains(k));
+    }
+
+    /// Reads back, once per leadership, each record of a report still within the age bound:
+    /// only a regular object that parses as a record marks its report delivered. Anything
+    /// else is logged once and counted, and its report sent; the real record replaces it.
+    async fn check_records(
+        &self,
+        listing: &Listing,
+        now: DateTime<Utc>,
+    ) -> HashSet<(DateTime<Utc>, String)> {
+        let unchecked: Vec<(DateTime<Utc>, String)> = {
+            let memory = self.memory();
+            listing
+                .reports
+                .iter()
+                .filter(|item| listing.delivered.contains(*item))
+                .filter(|item| !memory.verified.contains(*item))
+                .filter(|(slot, _)| (now - *slot).to_std().is_ok_and(|a| a <= self.cfg.max_age))
+                .cloned()
+                .collect()
+        };
+        let checked: Vec<_> = futures::stream::iter(unchecked)
+            .map(|item| async move {
+                let key = record_key(item.0, &item.1);
+                let good = match self.store.get(&key).await {
+                    Ok(obj) => Some(is_record(&obj.bytes)),
+                    Err(StoreError::NotRegular { .. } | StoreError::TooLarge { .. }) => Some(false),
+                    // Gone meanwhile: the listing is stale, the next pass sees it.
+                    Err(StoreError::NotFound { .. }) => None,
+                    // Read again on a later pass; until then the record counts.
+                    Err(e) => {
+                        tracing::debug!(%key, error = %e, "cannot read a delivery record back yet");
+                        None
+                    }
+                };
+                (item, key, good)
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
+        let mut memory = self.memory();
+        for (item, key, good) in checked {
+            match good {
+                Some(true) => {
+                    memory.verified.insert(item);
+                }
+                Some(false) => {
+                    if memory.noted.insert(key.clone()) {
+                        tracing::warn!(%key, "not a delivery record: its report is sent, and the object replaced by the record");
+                        self.health.report_rejected("not_a_record");
+                    }
+                    memory.bad_records.insert(item);
+                }
+                None => {}
+            }
+        }
+        memory.bad_records.clone()
     }
 
     /// One undelivered report's turn.
@@ -529,7 +701,12 @@ impl Delivery {
         }
         let key = report_key(slot, instance);
         let bytes = match self.store.get(&key).await {
-            Ok(obj) => obj.bytes,
+            Ok(obj) => {
+                if self.memory().reads.recovered() {
+                    tracing::info!("reports to deliver are read again");
+                }
+                obj.bytes
+            }
             Err(StoreError::NotFound { .. }) => return Turn::Skipped,
             Err(StoreError::TooLarge { .. }) => {
                 return self.reject(&key, Rejection::TooLarge).await;
@@ -538,7 +715,9 @@ impl Delivery {
                 return self.reject(&key, Rejection::NotRegular(what)).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read a report to deliver; will retry on a later pass");
+                if self.memory().reads.failing(e.kind()) {
+                    tracing::warn!(error = %e, "cannot read reports to deliver; retried on every pass, logged again when it works");
+                }
                 return Turn::Stop;
             }
         };
@@ -562,6 +741,7 @@ impl Delivery {
             .await
         {
             Ok(latency) => {
+                self.post_worked();
                 self.health.report_delivered(latency);
                 if !self.record(slot, instance, leader).await {
                     self.memory().unrecorded.insert(item);
@@ -570,11 +750,7 @@ impl Delivery {
                 Turn::Delivered
             }
             Err(e) => {
-                tracing::warn!(
-                    slot = %timefmt::rfc3339_nano(&slot),
-                    error = %e,
-                    "report not delivered; will retry on a later pass"
-                );
+                self.post_failed(&e);
                 Turn::Stop
             }
         }
@@ -586,13 +762,21 @@ impl Delivery {
             "delivered_at": timefmt::rfc3339_nano(&Utc::now()),
             "term": leader().unwrap_or_default(),
         });
-        let result = self
-            .store
-            .create(&record_key(slot, instance), record.to_string())
-            .await;
+        let item = (slot, instance.to_string());
+        let key = record_key(slot, instance);
+        let replace = self.memory().bad_records.contains(&item);
+        let result = if replace {
+            self.store.put(&key, record.to_string()).await
+        } else {
+            self.store.create(&key, record.to_string()).await
+        };
         let mut memory = self.memory();
         match result {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {
+                if !replace || result.is_ok() {
+                    memory.bad_records.remove(&item);
+                    memory.verified.insert(item);
+                }
                 if memory.records.recovered() {
                     tracing::info!("delivery records are written again");
                 }

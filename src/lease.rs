@@ -30,7 +30,7 @@ use crate::clock::system_clock;
 pub use crate::clock::Clock;
 use crate::health::Health;
 pub use crate::layout::LEASE_KEY;
-use crate::retry::{sleep_or_stop, StateLog};
+use crate::retry::StateLog;
 use crate::seed::Seed;
 use crate::store::{Store, StoreError, Version};
 use crate::timefmt;
@@ -126,6 +126,8 @@ pub struct Elector {
     key: &'static str,
     /// The other interval last logged, so a mismatch is logged once.
     mismatch: Arc<std::sync::Mutex<Option<u64>>>,
+    /// Wakes a follower to read the lease now (see [`Elector::wake`]).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Elector {
@@ -155,7 +157,15 @@ impl Elector {
             interval: None,
             key: LEASE_KEY,
             mismatch: Arc::default(),
+            wake: Arc::default(),
         }
+    }
+
+    /// Has a follower read the lease now rather than at its next poll: the replica calls it
+    /// when a delivery falls due, so a leader that released the lease shortly before is
+    /// replaced at once, not a poll period later (one read per follower per slot).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Uses another lease object (the receivers' rollup lease, say) than the replicas' one.
@@ -299,9 +309,20 @@ impl Elector {
                 self.set_leading(None);
                 observed = None;
             }
-            if sleep_or_stop(wait, &shutdown).await {
-                self.release(&observed).await;
-                return;
+            let woken = async {
+                if self.leading.borrow().is_none() {
+                    self.wake.notified().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.release(&observed).await;
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = woken => {}
             }
         }
     }
@@ -349,7 +370,7 @@ impl Elector {
         let (version, record) = match self.store.get(self.key).await {
             Ok(obj) => (obj.version, LeaseRecord::parse(&obj.bytes).ok()),
             Err(StoreError::NotFound { .. }) => {
-                let record = self.record(*max_term + 1, None);
+                let record = self.record(next_term(*max_term), None);
                 return match self.store.create(self.key, record.bytes()?).await {
                     Ok(version) => {
                         *max_term = record.term;
@@ -407,7 +428,7 @@ impl Elector {
                 .poll_period
                 .min(expires_in + Duration::from_millis(1)));
         }
-        let record_new = self.record(*max_term + 1, None);
+        let record_new = self.record(next_term(*max_term), None);
         match self
             .store
             .update(self.key, record_new.bytes()?, &version)
@@ -471,9 +492,38 @@ impl Elector {
     }
 }
 
+/// The largest term a lease holds: integers above 2^53 lose precision in the JSON readers
+/// operators use, and no real history reaches it (a change of holder every millisecond for
+/// 285,000 years).
+pub const MAX_TERM: u64 = (1 << 53) - 1;
+
+/// The term after `max`, the largest seen. Past [`MAX_TERM`] the record can only be foreign
+/// or damaged, and terms start again at 1 (logged): never 0, never a wrap. Fencing does not
+/// rest on terms alone: every write is a compare-and-swap on the version read.
+pub fn next_term(max: u64) -> u64 {
+    if max >= MAX_TERM {
+        tracing::warn!(
+            term = max,
+            "the lease's term is past the largest a lease holds; terms start again at 1"
+        );
+        1
+    } else {
+        max + 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terms_never_wrap() {
+        assert_eq!(next_term(0), 1);
+        assert_eq!(next_term(41), 42);
+        assert_eq!(next_term(MAX_TERM - 1), MAX_TERM);
+        assert_eq!(next_term(MAX_TERM), 1);
+        assert_eq!(next_term(u64::MAX), 1);
+    }
     use crate::clock::tokio_clock;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Kept};
 use crate::health::Health;
 use crate::lease::{Elector, LeaseConfig};
 use crate::report::ReportSource;
@@ -319,6 +319,8 @@ async fn freeze_slots(
 ) {
     let interval = source.interval();
     let mut seed = identity.borrow().clone();
+    // Whether the store refuses this replica's writes: logged when it starts and ends.
+    let mut refused = crate::retry::StateLog::default();
     // Nothing is frozen for a slot that passed before this replica started.
     let mut done = slots::last_slot(&seed.created_at(), chrono::Utc::now(), interval);
     loop {
@@ -332,18 +334,35 @@ async fn freeze_slots(
         if let Some(due) = slots::slot_to_freeze(&created, now, interval, done) {
             let report = source.freeze(due);
             let instance = source.instance_id().to_string();
-            match sink {
-                Sink::Bucket => delivery.keep(due, &instance, report, &shutdown).await,
+            let direct = match sink {
+                Sink::Bucket => match delivery
+                    .keep(due, &instance, report.clone(), &shutdown)
+                    .await
+                {
+                    Kept::Refused(e) => {
+                        if refused.failing(e.kind()) {
+                            tracing::warn!(error = %e, "the store refuses this replica's writes: it sends its own reports straight to the stats URL, as a read-only replica does, until the store takes them again");
+                        }
+                        true
+                    }
+                    Kept::Kept => {
+                        if refused.recovered() {
+                            tracing::info!("the store takes this replica's reports again; they go through the bucket");
+                        }
+                        false
+                    }
+                    Kept::Dropped => false,
+                },
+                Sink::Direct => true,
+            };
+            if direct {
                 // Sending may retry for most of the slot: the next slot must not wait for it.
-                Sink::Direct => {
-                    let (delivery, seed, shutdown) =
-                        (delivery.clone(), seed.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        delivery
-                            .send_own(due, &instance, report, &seed, &shutdown)
-                            .await
-                    });
-                }
+                let (delivery, seed, shutdown) = (delivery.clone(), seed.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    delivery
+                        .send_own(due, &instance, report, &seed, &shutdown)
+                        .await
+                });
             }
             done = Some(due);
             continue;
@@ -374,6 +393,7 @@ async fn deliver(
     let mut retry_at: Option<Instant> = None;
     let mut retry_delays = backoff(Duration::from_secs(1), interval.max(Duration::from_secs(1)));
     let mut last_pass_slot: Option<DateTime<Utc>> = None;
+    let mut last_woken: Option<DateTime<Utc>> = None;
     let mut listening = true;
     loop {
         // The identity can change (a fork healing); slots follow it.
@@ -417,6 +437,12 @@ async fn deliver(
             continue;
         }
         if leader.term().is_none() {
+            // A delivery falls due: read the lease now, so that a leader that released it
+            // shortly before is replaced in time rather than a poll period later.
+            if window.is_some() && window != last_woken {
+                last_woken = window;
+                leader.wake();
+            }
             // Not leader: the windows that close meanwhile, and any retry, are the next
             // leader's business.
             last_pass_slot = window;

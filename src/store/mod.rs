@@ -146,6 +146,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the store refuses writes for now or for good (access denied, read-only, full)
+    /// rather than failing in passing: retrying the same write soon will not help.
+    pub fn refuses_writes(&self) -> bool {
+        match self {
+            StoreError::PermissionDenied { .. } => true,
+            StoreError::Other { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                ["no space left", "quota", "read-only", "read only"]
+                    .iter()
+                    .any(|s| m.contains(s))
+            }
+            _ => false,
+        }
+    }
+
     /// Short label for metrics and state-change logs.
     pub fn kind(&self) -> &'static str {
         match self {
