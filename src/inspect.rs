@@ -20,7 +20,7 @@ use crate::timefmt;
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     /// The object is not there.
-    #[error("no {what} at {location}")]
+    #[error("no {what} at {location}: no replica has run on this store yet (start one with reporter run --store pointing here), or --store names another bucket or prefix than the replicas'")]
     Absent {
         /// "cluster seed" or "leader lease".
         what: &'static str,

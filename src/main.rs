@@ -45,7 +45,14 @@ fn parse() -> Result<Cli, ExitCode> {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            eprintln!("reporter: {first} (see reporter --help)");
+            // Keep clap's "a similar argument exists" hint: it names the fix.
+            let tip = rendered
+                .lines()
+                .map(str::trim)
+                .find_map(|l| l.strip_prefix("tip: "))
+                .map(|t| format!("; {t}"))
+                .unwrap_or_default();
+            eprintln!("reporter: {first}{tip} (see reporter --help)");
             Err(ExitCode::from(2))
         }
     }

@@ -67,6 +67,64 @@ fn a_missing_bucket_ends_run_and_seed_show_with_one_line_naming_it() {
     );
 }
 
+/// `reporter ARGS` with no cloud credentials in the environment (and `extra` set): status and
+/// stderr, within `limit`.
+fn without_credentials(args: &[&str], extra: &[(&str, &str)], limit: Duration) -> (i32, String) {
+    let mut cmd = std::process::Command::new(common::bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(extra.iter().copied())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(started.elapsed() < limit, "{:?}", started.elapsed());
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn no_credentials_end_run_and_receive_with_one_line_naming_what_to_set() {
+    // Nothing listens on 127.0.0.1:1: the endpoint and the instance metadata endpoint both
+    // refuse, as on a machine without a role.
+    let s3 = [
+        "--store",
+        "s3://bucket/p",
+        "--store-option",
+        "aws_endpoint=http://127.0.0.1:1",
+        "--store-option",
+        "aws_metadata_endpoint=http://127.0.0.1:1",
+        "--store-option",
+        "aws_region=us-east-1",
+    ];
+    for command in [
+        &["run", "--listen", "127.0.0.1:0"][..],
+        &["receive", "--listen", "127.0.0.1:0"][..],
+    ] {
+        let args: Vec<&str> = command.iter().chain(s3.iter()).copied().collect();
+        let (code, err) =
+            without_credentials(&args, &[("AWS_PROFILE", "prod")], Duration::from_secs(60));
+        assert_eq!(code, 1, "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("reporter: ")
+                && last.contains("no credentials for s3://bucket")
+                && last.contains("AWS_ACCESS_KEY_ID"),
+            "{err}"
+        );
+        // Said at start: the profile is not read.
+        assert!(err.contains("AWS_PROFILE is set, but profiles"), "{err}");
+        assert_eq!(err.matches("WARN").count(), 1, "the profile's only: {err}");
+    }
+}
+
 #[test]
 fn a_store_path_that_cannot_be_a_bucket_is_named() {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -440,4 +498,21 @@ async fn seed_and_lease_json_share_a_key_style_and_a_release_keeps_the_acquisiti
         }
     }
     assert!(seed["clusterID"].is_string() && seed["createdAt"].is_string());
+}
+
+#[test]
+fn a_mistyped_flag_keeps_the_hint_and_an_empty_store_says_what_to_do() {
+    let (code, err) = common::run_refused(&["--stor", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("a similar argument exists: '--store'"),
+        "{err}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) =
+        common::reporter(&["seed", "show", "--store", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("start one with reporter run"), "{err}");
 }

@@ -88,11 +88,33 @@ fn map_err(key: &str, e: object_store::Error) -> StoreError {
             key,
             message: redact(&source.to_string()),
         },
-        other => StoreError::Other {
-            key,
-            message: redact(&error_chain(&other)),
-        },
+        other => {
+            let message = redact(&error_chain(&other));
+            if no_credentials(&message) {
+                StoreError::NoCredentials {
+                    key,
+                    message: message.chars().take(300).collect(),
+                }
+            } else {
+                StoreError::Other { key, message }
+            }
+        }
     }
+}
+
+/// Whether a client error is its search for credentials failing: with none configured, the
+/// AWS, GCS and Azure clients ask the instance metadata endpoint.
+fn no_credentials(text: &str) -> bool {
+    [
+        "latest/api/token",
+        "latest/meta-data/iam",
+        "computeMetadata",
+        "metadata/identity",
+        "metadata.google.internal",
+        "169.254.169.254",
+    ]
+    .iter()
+    .any(|marker| text.contains(marker))
 }
 
 /// The store's own words from an XML error body (`<Code>`: `<Message>`), else the first 200

@@ -125,6 +125,15 @@ pub enum StoreError {
         /// What it cannot do.
         what: String,
     },
+    /// The client found no credentials: none in its options or environment, and no instance
+    /// metadata endpoint gave any.
+    #[error("{key}: no credentials ({message})")]
+    NoCredentials {
+        /// The key asked for.
+        key: String,
+        /// What the client said.
+        message: String,
+    },
     /// No answer within the call's deadline.
     #[error("{key}: {op} did not finish within {timeout:?}")]
     Timeout {
@@ -172,6 +181,7 @@ impl StoreError {
             StoreError::NoBucket { .. } => "no_bucket",
             StoreError::PermissionDenied { .. } => "permission_denied",
             StoreError::NotSupported { .. } => "not_supported",
+            StoreError::NoCredentials { .. } => "no_credentials",
             StoreError::Timeout { .. } => "timeout",
             StoreError::Other { .. } => "error",
         }

@@ -110,6 +110,20 @@ impl OpenError {
     }
 }
 
+/// The AWS client reads keys from the environment and instance roles, never profiles: say so
+/// when a profile is set, rather than fail later for want of credentials.
+#[cfg(feature = "s3")]
+fn warn_aws_profile() {
+    if let Some(profile) = std::env::var_os("AWS_PROFILE") {
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            tracing::warn!(
+                profile = %profile.to_string_lossy(),
+                "AWS_PROFILE is set, but profiles (~/.aws) are not read: export the profile's keys, e.g. eval \"$(aws configure export-credentials --format env)\""
+            );
+        }
+    }
+}
+
 /// Splits `key=value`.
 pub fn parse_option(s: &str) -> Result<(String, String), OpenError> {
     match s.split_once('=') {
@@ -243,14 +257,17 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
     );
     let inner: Arc<dyn object_store::ObjectStore> = match scheme {
         #[cfg(feature = "s3")]
-        ObjectStoreScheme::AmazonS3 => Arc::new(configure!(
-            AmazonS3Builder::new(),
-            object_store::aws::AmazonS3ConfigKey,
-            "s3",
-            "AWS_",
-            url.as_str(),
-            options
-        )),
+        ObjectStoreScheme::AmazonS3 => {
+            warn_aws_profile();
+            Arc::new(configure!(
+                AmazonS3Builder::new(),
+                object_store::aws::AmazonS3ConfigKey,
+                "s3",
+                "AWS_",
+                url.as_str(),
+                options
+            ))
+        }
         #[cfg(feature = "gcs")]
         ObjectStoreScheme::GoogleCloudStorage => Arc::new(configure!(
             GoogleCloudStorageBuilder::new(),

@@ -57,9 +57,30 @@ pub enum SelfTestError {
         /// What it answered.
         source: StoreError,
     },
+    /// The client found no credentials.
+    #[error("no credentials for {store} ({message}); {what}")]
+    NoCredentials {
+        /// The store.
+        store: String,
+        /// What the client said.
+        message: String,
+        /// What to set, for this kind of store.
+        what: &'static str,
+    },
     /// Shutdown came first.
     #[error("shut down during the store self-test")]
     Shutdown,
+}
+
+/// What to set when a store's client finds no credentials.
+fn credentials_hint(store: &str) -> &'static str {
+    if store.starts_with("s3://") {
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_PROFILE and ~/.aws are not read), or run where an instance role or web identity token is available"
+    } else if store.starts_with("gs://") {
+        "set GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS to a service account key file, or run where the metadata server grants one"
+    } else {
+        "set AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_KEY, or run with a managed identity"
+    }
 }
 
 /// What the replica may do with the store.
@@ -88,6 +109,15 @@ async fn probe(store: &Store, key: &str) -> Probe {
             store: store.describe(),
             message,
         }),
+        StoreError::NoCredentials { message, .. } => {
+            let store = store.describe();
+            let what = credentials_hint(&store);
+            Probe::Unsafe(SelfTestError::NoCredentials {
+                store,
+                message,
+                what,
+            })
+        }
         other => Probe::Retry(other),
     };
     match store.create(key, "a").await {
