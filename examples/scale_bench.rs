@@ -96,6 +96,18 @@ async fn store_requests(addr: &str) -> u64 {
         .sum()
 }
 
+/// Whether the `reporter run` at `addr` says it leads.
+async fn is_leader(addr: &str) -> bool {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(r) => r
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("usage_reporter_leader 1"),
+        Err(_) => false,
+    }
+}
+
 async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let (url, posts) = receiver().await;
     let store = usage_reporter::store::open(store_url, &opts).expect("store");
@@ -215,12 +227,24 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     }
     let mut after = store_requests(&addr).await;
     let mut before = before;
-    // Should the lease have moved to a replica in this process, count that one's requests.
-    if after == before {
-        if let Some(i) = replicas.iter().position(|r| r.health().is_leader()) {
-            eprintln!("the lease moved into the benchmark process; counting replica {i}");
-            before = before_inproc[i];
-            after = replicas[i].health().store_requests_total();
+    // The row is the leader's: the process measured must have led throughout. Should the lease
+    // have moved to a replica in this process, that one's requests are counted; should nobody
+    // be known to have led, the row says so rather than print a number for a follower.
+    let still_leader = is_leader(&addr).await;
+    let mut measured = true;
+    if !still_leader || after == before {
+        match replicas.iter().position(|r| r.health().is_leader()) {
+            Some(i) => {
+                eprintln!("the lease moved into the benchmark process; counting replica {i}");
+                before = before_inproc[i];
+                after = replicas[i].health().store_requests_total();
+            }
+            None => {
+                eprintln!(
+                    "no process is known to have led the pass: the requests row is not measured"
+                );
+                measured = false;
+            }
         }
     }
     let posts = posts.lock().unwrap().clone();
@@ -232,7 +256,11 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let distinct: HashSet<&String> = of_slot.iter().map(|(_, k)| k).collect();
     let duplicates = of_slot.len() - distinct.len();
     let missing = n.saturating_sub(distinct.len());
-    let per_report = after.saturating_sub(before) as f64 / n as f64;
+    let per_report = if measured {
+        after.saturating_sub(before) as f64 / n as f64
+    } else {
+        f64::NAN
+    };
     let seconds = last.saturating_duration_since(due_at).as_secs_f64();
     println!("{seconds:.2} {duplicates} {missing} {per_report:.2} {peak:.1}");
     let _ = leader.kill();
