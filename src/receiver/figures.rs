@@ -540,6 +540,19 @@ mod tests {
         (dir, store)
     }
 
+    /// Takes one report in, in its own window.
+    async fn take(store: &Store, window: &str, row: Row, now: DateTime<Utc>) {
+        take_window(
+            store,
+            window,
+            &[&row],
+            now,
+            &super::super::rollup::unfenced(),
+        )
+        .await
+        .unwrap();
+    }
+
     async fn state(store: &Store, cluster: &str) -> ClusterState {
         read_json::<ClusterState>(store, &state_key(cluster))
             .await
@@ -587,24 +600,20 @@ mod tests {
         assert_eq!(agg.versions["1.0.0"], 1);
         assert_eq!(agg.replicas["2"], 1);
         // A newer slot moves the cluster in the aggregates; an older one changes nothing.
-        take_window(
+        take(
             &store,
             "w2",
-            &[&row(A, "2026-02-01T04:00:00Z", Some(B), "1.1.0")],
+            row(A, "2026-02-01T04:00:00Z", Some(B), "1.1.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
-        take_window(
+        .await;
+        take(
             &store,
             "w3",
-            &[&row(A, "2026-01-31T04:00:00Z", Some(B), "0.9.0")],
+            row(A, "2026-01-31T04:00:00Z", Some(B), "0.9.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
+        .await;
         let a = state(&store, A).await.entry().unwrap();
         assert_eq!(
             (a.instances, a.reports, a.version.as_str()),
@@ -699,24 +708,20 @@ mod tests {
         let (index, _) = read_json::<AheadIndex>(&store, AHEAD).await.unwrap();
         assert!(index.due.is_empty(), "{index:?}");
         // A cluster first seen through reports without instance IDs takes ours when they come.
-        take_window(
+        take(
             &store,
             "w4",
-            &[&row(B, "2026-02-01T08:00:00Z", None, "2.0.0")],
+            row(B, "2026-02-01T08:00:00Z", None, "2.0.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
-        take_window(
+        .await;
+        take(
             &store,
             "w5",
-            &[&row(B, "2026-02-01T08:00:00Z", Some(A), "2.1.0")],
+            row(B, "2026-02-01T08:00:00Z", Some(A), "2.1.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
+        .await;
         let b = state(&store, B).await.entry().unwrap();
         assert_eq!(
             (b.instances, b.version.as_str(), b.instance_ids),
@@ -729,24 +734,20 @@ mod tests {
         let (_dir, store) = store();
         let fence = super::super::rollup::unfenced();
         let now = at("2026-02-02T00:00:00Z");
-        take_window(
+        take(
             &store,
             "w1",
-            &[&row(A, "2026-02-01T00:00:00Z", Some(A), "1.0.0")],
+            row(A, "2026-02-01T00:00:00Z", Some(A), "1.0.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
-        take_window(
+        .await;
+        take(
             &store,
             "w2",
-            &[&row(B, "2026-02-01T00:00:00Z", Some(B), "1.0.0")],
+            row(B, "2026-02-01T00:00:00Z", Some(B), "1.0.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
+        .await;
         let view = |store: Store| async move {
             let mut v = cluster_list::View::default();
             let listed = store.entries(cluster_list::PREFIX).await.unwrap();
@@ -760,15 +761,13 @@ mod tests {
             cluster_list::compact(&store, true, &fence).await.unwrap(),
             2
         );
-        take_window(
+        take(
             &store,
             "w3",
-            &[&row(A, "2026-02-01T04:00:00Z", Some(A), "1.1.0")],
+            row(A, "2026-02-01T04:00:00Z", Some(A), "1.1.0"),
             now,
-            &fence,
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(view(store.clone()).await, [B, A]);
         forget(&store, A, "forget-1", &fence).await.unwrap();
         cluster_list::compact(&store, true, &fence).await.unwrap();
