@@ -341,7 +341,7 @@ struct AheadIndex {
     due: BTreeMap<String, DateTime<Utc>>,
 }
 
-/// Where the [`AheadIndex`] is kept.
+/// Where the clusters with reports not due yet are kept.
 pub const AHEAD: &str = "receiver/ahead.json";
 /// Clusters the index holds at most; beyond, a cluster's early report is taken in with its
 /// next one.
