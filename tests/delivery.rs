@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Bucket, Proc, Receiver};
+use common::{eventually, Bucket, Proc, Receiver};
 
 /// Short timings for tests: 1 s slots, 1 s lease.
 fn fast(receiver: &Receiver, extra: &[&str]) -> Vec<String> {
@@ -103,7 +103,11 @@ async fn every_slot_delivered_once_per_live_replica() {
         .map(|_| Proc::run(&bucket, &fast(&receiver, &[])))
         .collect();
     let ids: Vec<_> = procs.iter().map(|p| p.instance_id()).collect();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Six slots of 1 s, with a generous deadline for a busy machine.
+    eventually(Duration::from_secs(60), "six slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 6
+    })
+    .await;
     let posts = receiver.posts();
     assert_aligned(&posts);
     let seen = common::check_once_per_slot(&posts, &ids, 5, "local");
@@ -249,7 +253,20 @@ async fn failing_receiver_gets_everything_once_with_the_same_bytes() {
     for p in &procs {
         p.addr();
     }
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Until the 8 failed POSTs are all retried and delivered.
+    eventually(
+        Duration::from_secs(60),
+        "every failed report delivered",
+        || async {
+            let posts = receiver.posts();
+            let failures = receiver.failures.lock().unwrap().clone();
+            failures.len() == 8
+                && failures
+                    .iter()
+                    .all(|f| posts.iter().any(|p| key(p) == key(f)))
+        },
+    )
+    .await;
     let posts = receiver.posts();
     let failures = receiver.failures.lock().unwrap().clone();
     assert_eq!(failures.len(), 8, "the receiver failed 8 POSTs");

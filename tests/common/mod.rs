@@ -560,6 +560,11 @@ pub fn key(p: &Post) -> Key {
     (s("clusterID"), s("interval"), s("instanceID"))
 }
 
+/// Distinct slots among the posts.
+pub fn slots_in(posts: &[Post]) -> usize {
+    posts.iter().map(|p| key(p).1).collect::<HashSet<_>>().len()
+}
+
 /// Checks that no report was delivered twice, that at least `min_slots` slots were, and that
 /// every replica in `ids` is in every slot but the first (which may precede a start).
 pub fn check_once_per_slot(
