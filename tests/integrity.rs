@@ -308,7 +308,10 @@ async fn links_and_garbage_under_reports_are_never_sent() {
     std::os::unix::fs::symlink(outside.path(), &linked_dir).unwrap();
     let planted = [&link, &garbage, &mismatched, &stray, &linked_dir];
 
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    eventually(Duration::from_secs(60), "delivery goes on", || async {
+        receiver.posts().len() >= 2 && common::slots_in(&receiver.posts()) >= 3
+    })
+    .await;
     let posts = receiver.posts();
     assert!(posts.len() >= 2, "delivery went on: {} posts", posts.len());
     for post in &posts {
@@ -368,7 +371,10 @@ async fn an_oversized_or_garbage_report_does_not_stall_delivery(b: Bucket) {
         .create(&garbage, "{\"not\":\"a report\"")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually(Duration::from_secs(60), "four slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 4
+    })
+    .await;
     common::check_once_per_slot(&receiver.posts(), &ids, 3, b.name);
     for k in [&huge, &garbage] {
         assert!(
@@ -416,7 +422,10 @@ async fn reports_whose_records_cannot_be_written_are_posted_once() {
         .map(|_| Proc::run(&bucket, &fast(&receiver)))
         .collect();
     let ids: Vec<_> = procs.iter().map(|p| p.instance_id()).collect();
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    eventually(Duration::from_secs(60), "five slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 5
+    })
+    .await;
     // Every report once, every slot delivered.
     common::check_once_per_slot(&receiver.posts(), &ids, 4, "unwritable records");
     for p in &procs {
@@ -448,7 +457,10 @@ async fn a_slow_receiver_within_the_post_timeout_gets_each_report_once_with_its_
     ];
     let procs: Vec<_> = (0..2).map(|_| Proc::run(&bucket, &args)).collect();
     let ids: Vec<_> = procs.iter().map(|p| p.instance_id()).collect();
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    eventually(Duration::from_secs(90), "three slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 3
+    })
+    .await;
     let posts = receiver.posts();
     // Each report once (a slot still being delivered may lack one; the others are whole).
     let seen = common::check_once_per_slot(&posts, &[], 2, "slow receiver");
@@ -591,7 +603,12 @@ async fn a_redirecting_receiver_loses_no_report_and_learns_nothing() {
     let p = Proc::run(&bucket, &common::fast_args(&url, "1s"));
     let ids = vec![p.instance_id()];
     wait_seed_known(p.addr()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the receiver asked, twice",
+        || async { receiver.failures.lock().unwrap().len() >= 2 },
+    )
+    .await;
     assert_eq!(
         seen.load(Ordering::SeqCst),
         0,
@@ -613,7 +630,10 @@ async fn a_redirecting_receiver_loses_no_report_and_learns_nothing() {
     // The receiver is fixed: the reports of the redirected slots arrive, once each.
     let fixed = Utc::now();
     receiver.set_redirect(None);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    eventually(Duration::from_secs(60), "five slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 5
+    })
+    .await;
     let posts = receiver.posts();
     common::check_once_per_slot(&posts, &ids, 4, "after redirects");
     assert!(

@@ -182,9 +182,24 @@ async fn a_read_only_replica_adopts_the_seed_never_leads_and_sends_its_own_repor
     let instance = reader.instance_id();
     wait_seed_known(addr).await;
     assert_eq!(get_json(addr, "/status/usage-stats").await["clusterID"], id);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        reader.wait_log(
+            "may read the store but not write it",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        reader.log()
+    );
+    common::eventually(Duration::from_secs(30), "three of its reports", || async {
+        receiver
+            .posts()
+            .iter()
+            .filter(|p| p.json["instanceID"] == instance.as_str())
+            .count()
+            >= 3
+    })
+    .await;
     let log = reader.log();
-    assert!(log.contains("may read the store but not write it"), "{log}");
     let text = metrics(addr).await;
     assert!(text.contains("usage_reporter_read_only 1"), "{text}");
     assert!(text.contains("usage_reporter_leader 0"), "{text}");

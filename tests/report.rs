@@ -333,10 +333,14 @@ async fn a_report_carries_nothing_about_the_host_user_paths_or_environment() {
         .env("SECRET_TOKEN", "PRIVACY-SENTINEL-7f3a")
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let dir = std::path::Path::new(&bucket.url).join("usage/reports");
+    common::eventually(Duration::from_secs(30), "a frozen report", || async {
+        !walk(&dir).is_empty()
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
-    let reports = walk(&std::path::Path::new(&bucket.url).join("usage/reports"));
+    let reports = walk(&dir);
     assert!(!reports.is_empty());
     for path in reports {
         let text = std::fs::read_to_string(&path).unwrap();
