@@ -24,7 +24,7 @@ start_moto() {
   [ -x "$cache/venv/bin/moto_server" ] || return 0
   local port
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  "$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+  "$cache/venv/bin/python" "$(dirname "${BASH_SOURCE[0]}")/moto_server.py" 127.0.0.1 "$port" >"$work/moto.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" && break; sleep 0.2; done
   curl -s -X PUT "http://127.0.0.1:$port/bench" >/dev/null

@@ -47,7 +47,8 @@ if [ ! -x "$cache/venv/bin/moto_server" ]; then
   "$cache/venv/bin/pip" install -q 'moto[server]>=5.1.5'
 fi
 s3_port="$(free_port)"
-"$cache/venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$run_dir/moto.log" 2>&1 &
+# moto's own server, its writes made atomic (see scripts/moto_server.py).
+"$cache/venv/bin/python" scripts/moto_server.py 127.0.0.1 "$s3_port" >"$run_dir/moto.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$s3_port/moto-api/" moto "${pids[-1]}" || { show_log moto "$run_dir/moto.log"; exit 1; }
 curl -sf -X PUT "http://127.0.0.1:$s3_port/reporter-test" >/dev/null
