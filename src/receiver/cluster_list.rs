@@ -28,6 +28,8 @@ use crate::store::{Store, StoreError};
 pub const PREFIX: &str = "summaries/clusters/";
 /// The folded list.
 pub const BASE: &str = "summaries/clusters/base.json";
+/// Where the deltas' keys start.
+const DELTAS: &str = "summaries/clusters/delta-";
 /// Deltas that make the leader fold them.
 pub const COMPACT_AT: usize = 256;
 /// Largest base read (a million clusters fit).
@@ -35,7 +37,7 @@ const MAX_BASE_BYTES: usize = 1 << 30;
 
 /// `summaries/clusters/delta-<name>.json`
 pub fn delta_key(name: &str) -> String {
-    format!("{PREFIX}delta-{name}.json")
+    format!("{DELTAS}{name}.json")
 }
 
 /// A cluster's revision after `old`, at `now_ms`: higher than any before it, and than the
@@ -106,7 +108,7 @@ async fn deltas(store: &Store) -> Result<Vec<String>, RollupError> {
         .list(PREFIX)
         .await?
         .into_iter()
-        .filter(|k| k.starts_with(&format!("{PREFIX}delta-")))
+        .filter(|k| k.starts_with(DELTAS))
         .collect())
 }
 
@@ -124,6 +126,14 @@ async fn read_delta(store: &Store, key: String) -> Result<Option<Delta>, StoreEr
     }
 }
 
+/// Reads these deltas, 16 at a time, in order (`None` for one gone or unreadable).
+async fn read_deltas(store: &Store, keys: &[String]) -> Result<Vec<Option<Delta>>, StoreError> {
+    futures::stream::iter(keys.iter().cloned().map(|k| read_delta(store, k)))
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
 /// Folds the waiting deltas into the base once there are [`COMPACT_AT`] of them (or any, with
 /// `force`); how many it folded.
 pub async fn compact(store: &Store, force: bool, fence: &Fence<'_>) -> Result<usize, RollupError> {
@@ -138,11 +148,7 @@ pub async fn compact(store: &Store, force: bool, fence: &Fence<'_>) -> Result<us
         .filter(|k| !folded_before.contains(k))
         .cloned()
         .collect();
-    let read: Vec<Option<Delta>> =
-        futures::stream::iter(fresh.iter().cloned().map(|k| read_delta(store, k)))
-            .buffered(16)
-            .try_collect()
-            .await?;
+    let read = read_deltas(store, &fresh).await?;
     let mut all: HashMap<String, Entry> = base
         .clusters
         .into_values()
@@ -222,15 +228,11 @@ impl View {
         let new: Vec<String> = listed
             .iter()
             .map(|e| &e.key)
-            .filter(|k| k.starts_with(&format!("{PREFIX}delta-")))
+            .filter(|k| k.starts_with(DELTAS))
             .filter(|k| !self.skip.contains(*k) && !self.read.contains(*k))
             .cloned()
             .collect();
-        let read: Vec<Option<Delta>> =
-            futures::stream::iter(new.iter().cloned().map(|k| read_delta(store, k)))
-                .buffered(16)
-                .try_collect()
-                .await?;
+        let read = read_deltas(store, &new).await?;
         for (key, delta) in new.into_iter().zip(read) {
             for e in delta.into_iter().flat_map(|d| d.entries) {
                 fold(&mut self.entries, e);

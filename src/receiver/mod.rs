@@ -361,6 +361,17 @@ struct Cache {
     latest: BTreeMap<String, Arc<insights::Aggregate>>,
 }
 
+impl Cache {
+    /// The clusters active in these days, each once by its latest slot: the sum of the days'
+    /// `latest` aggregates.
+    fn active_in(&self, days: &[String]) -> insights::Aggregate {
+        figures::sum(
+            days.iter()
+                .filter_map(|d| self.latest.get(d).map(|a| a.as_ref())),
+        )
+    }
+}
+
 const CACHE_FOR: Duration = Duration::from_secs(2);
 /// The most days `/api/v1/summary` covers.
 const MAX_DAYS: i64 = 400;
@@ -728,10 +739,7 @@ async fn insights_of(
     let mut cache = app.cache.lock().await;
     refresh(&app.store, &mut cache).await?;
     let days = last_days(days);
-    let window = figures::sum(
-        days.iter()
-            .filter_map(|d| cache.latest.get(d).map(|a| a.as_ref())),
-    );
+    let window = cache.active_in(&days);
     let daily = days
         .into_iter()
         .map(|d| {
@@ -832,10 +840,7 @@ async fn summaries(app: &App, days: i64) -> Result<(Vec<Day>, insights::Aggregat
     let mut cache = app.cache.lock().await;
     refresh(&app.store, &mut cache).await?;
     let days = last_days(days);
-    let window = figures::sum(
-        days.iter()
-            .filter_map(|d| cache.latest.get(d).map(|a| a.as_ref())),
-    );
+    let window = cache.active_in(&days);
     let days = days
         .into_iter()
         .map(|d| {
