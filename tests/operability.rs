@@ -439,7 +439,13 @@ async fn metrics_carry_build_info_and_the_last_delivery_time() {
         !receiver.posts().is_empty()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The gauge is set once the POST's answer is read, a moment after the receiver saw it.
+    common::eventually(Duration::from_secs(10), "the delivery time set", || async {
+        !metrics(addr)
+            .await
+            .contains("usage_reporter_last_delivery_timestamp_seconds 0\n")
+    })
+    .await;
     let text = metrics(addr).await;
     let last: f64 = text
         .lines()
