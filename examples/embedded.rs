@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let replica = ReplicaBuilder::new()
         .store(store)
         .listen("127.0.0.1:3201".parse()?)
-        .target("example-service".into())
+        .target("example-service")
         .interval(Duration::from_secs(60))
         .collect_delay(Duration::from_secs(5))
         .build_info(BuildInfo::service(env!("CARGO_PKG_VERSION")))

@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::json;
-use usage_reporter::receiver::cluster_list::{self, Base, Entry};
-use usage_reporter::receiver::insights::{self, Aggregate, Counted};
-use usage_reporter::receiver::layout;
-use usage_reporter::receiver::summary::{Cluster, Day};
+use usage_reporter_receiver::cluster_list::{self, Base, Entry};
+use usage_reporter_receiver::insights::{self, Aggregate, Counted};
+use usage_reporter_receiver::layout;
+use usage_reporter_receiver::summary::{Cluster, Day};
 
 /// 50 metric leaves shaped like Tempo's report: memory statistics, counters with total and
 /// rate, 0/1 feature flags, a few settings and backends; varied by cluster `c`.
@@ -163,7 +163,7 @@ async fn fill(dir: String, n: usize) {
                         return;
                     }
                     let r = report(i, &slot);
-                    let received = usage_reporter::receiver::intake::parse(
+                    let received = usage_reporter_receiver::intake::parse(
                         r.to_string().as_bytes(),
                         Utc::now(),
                     )
@@ -238,7 +238,7 @@ async fn attack(addr: std::net::SocketAddr, idle: u32, slow: u32, n: usize) {
 fn design_aggregate(clusters: usize) -> Aggregate {
     let mut a = Aggregate::default();
     for c in 0..clusters {
-        let leaves = usage_reporter::receiver::leaves::of_text(&metrics(c).to_string());
+        let leaves = usage_reporter_receiver::leaves::of_text(&metrics(c).to_string());
         a.apply_cluster(
             &Counted {
                 figures: insights::merge([leaves.as_slice()]),
@@ -299,7 +299,7 @@ fn design_point(dir: &str) {
         |a: &Aggregate| serde_json::to_vec(&json!({"aggregate": a, "windows": []})).expect("json");
     let daily = stored(&design_aggregate(clusters));
     write(
-        &usage_reporter::receiver::figures::latest_key(&day_of(0)),
+        &usage_reporter_receiver::figures::latest_key(&day_of(0)),
         daily.clone(),
     );
     for d in 0..90 {
@@ -320,7 +320,7 @@ fn design_point(dir: &str) {
             serde_json::to_vec(&s).expect("json"),
         );
         write(
-            &usage_reporter::receiver::figures::daily_key(&day),
+            &usage_reporter_receiver::figures::daily_key(&day),
             daily.clone(),
         );
     }
@@ -426,7 +426,7 @@ async fn window_bytes(dir: String, windows: usize) {
                 let i = ((w % groups) * per_window + c) * 3 + r;
                 let body = report(i, &slot_text).to_string();
                 let received =
-                    usage_reporter::receiver::intake::parse(body.as_bytes(), now).expect("valid");
+                    usage_reporter_receiver::intake::parse(body.as_bytes(), now).expect("valid");
                 let key = layout::inbox_key(
                     &received.cluster_id,
                     received.slot(),
@@ -448,9 +448,9 @@ async fn window_bytes(dir: String, windows: usize) {
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
         }
-        let fence = usage_reporter::receiver::rollup::unfenced();
+        let fence = usage_reporter_receiver::rollup::unfenced();
         // Rolled up at the real time: the rollup takes what was stored before it.
-        usage_reporter::receiver::rollup::run_once(
+        usage_reporter_receiver::rollup::run_once(
             &store,
             Utc::now(),
             std::time::Duration::ZERO,

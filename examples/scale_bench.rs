@@ -174,8 +174,8 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
                 .interval(interval)
                 .collect_delay(collect)
                 .lease_ttl(Duration::from_secs(60))
-                .retention(Some(Duration::from_secs(3600)))
-                .stats_url(Some(url.parse().unwrap()))
+                .retention(Duration::from_secs(3600))
+                .stats_url(url.parse().unwrap())
                 .start()
                 .await
                 .expect("replica"),
@@ -197,9 +197,9 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     )
     .expect("a slot");
     let due = target + chrono::Duration::from_std(collect).unwrap();
-    let slot_text = usage_reporter::timefmt::rfc3339_nano(&usage_reporter::timefmt::in_zone_of(
-        target, &created,
-    ));
+    let slot_text = usage_reporter_core::timefmt::rfc3339_nano(
+        &usage_reporter_core::timefmt::in_zone_of(target, &created),
+    );
     let before_due = (due - Utc::now() - chrono::Duration::milliseconds(300))
         .to_std()
         .unwrap_or_default();

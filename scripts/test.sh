@@ -94,10 +94,11 @@ export no_proxy="$NO_PROXY"
 
 log "cargo fmt --check"
 cargo fmt --check
-log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --quiet --all-targets -- -D warnings
-log "cargo check without the cloud clients (features s3, gcs, azure off)"
-cargo check --quiet --no-default-features
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+log "cargo check of the library as a service embeds it: no default features, then S3 with ring"
+cargo check --quiet -p usage-reporter --no-default-features
+cargo check --quiet -p usage-reporter --no-default-features --features s3,ring
 if [ ! -x "$cache/cargo/bin/cargo-deny" ]; then
   log "installing cargo-deny into $cache/cargo (about 2 minutes, once)"
   cargo install --quiet --locked cargo-deny@0.20.2 --root "$cache/cargo"
@@ -107,7 +108,9 @@ log "cargo deny check licenses bans sources"
 log "module import graph (no cycle)"
 python3 scripts/import-graph.py >/dev/null
 log "cargo doc (no warnings)"
-RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps
 log "cargo test"
-cargo test --all-targets "$@"
-cargo test --doc
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
+log "cargo publish --workspace --dry-run (packaging and metadata of every crate)"
+cargo publish --quiet --workspace --dry-run --allow-dirty --no-verify

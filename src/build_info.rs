@@ -50,7 +50,20 @@ impl BuildInfo {
     }
 }
 
-/// The `User-Agent` of the reporter's HTTP requests.
-pub fn user_agent() -> String {
-    format!("usage-reporter/{}", env!("CARGO_PKG_VERSION"))
+/// The `User-Agent` of the reporter's HTTP requests: the crate's version, and the embedding
+/// service's when it passed its own build.
+pub(crate) fn user_agent(build: &BuildInfo) -> String {
+    let ours = concat!("usage-reporter/", env!("CARGO_PKG_VERSION"));
+    if build.version == env!("CARGO_PKG_VERSION") || build.version.is_empty() {
+        ours.to_string()
+    } else {
+        // Only what a header may carry: the version is the service's own text.
+        let version: String = build
+            .version
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\'))
+            .take(64)
+            .collect();
+        format!("{ours} (service {version})")
+    }
 }

@@ -66,11 +66,11 @@ pub struct DeliveryConfig {
 
 /// Whether this replica may act as leader at this instant, and in which term: asked before
 /// every POST and written into every record. The election (`lease::Elector::term`) answers it.
-pub type Term<'a> = dyn Fn() -> Option<u64> + Send + Sync + 'a;
+pub(crate) type Term<'a> = dyn Fn() -> Option<u64> + Send + Sync + 'a;
 
 /// What a pass left behind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PassOutcome {
+pub(crate) struct PassOutcome {
     /// Reports POSTed with a 2xx.
     pub delivered: usize,
     /// Reports dropped past the age bound.
@@ -84,7 +84,7 @@ pub struct PassOutcome {
 
 /// Why an object under `usage/reports/` is never sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// A key under `usage/reports/` that no replica writes.
     #[error("its key is not usage/reports/<slot>/<instanceID>.json")]
     BadKey,
@@ -104,7 +104,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// The `reason` label of `usage_reporter_reports_rejected_total`.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Rejection::BadKey => "bad_key",
             Rejection::TooLarge => "too_large",
@@ -117,7 +117,7 @@ impl Rejection {
 
 /// What vetting a report's bytes decided.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// A report of this cluster matching its key; the `Idempotency-Key` to send it with.
     Send(String),
     /// A valid report of another cluster ID: held, never sent.
@@ -129,7 +129,7 @@ pub enum Verdict {
 /// Vets bytes read at `usage/reports/<slot>/<instance>.json` for the cluster `seed`, whose
 /// interval is `interval`: only exactly what this version freezes is sent
 /// ([`crate::shape`]).
-pub fn vet(
+pub(crate) fn vet(
     bytes: &[u8],
     seed: &Seed,
     slot: DateTime<Utc>,
@@ -176,9 +176,9 @@ pub fn vet(
 
 /// What became of a report handed to [`Delivery::keep`].
 #[derive(Debug)]
-pub enum Kept {
+pub(crate) enum Kept {
     /// In the bucket.
-    Kept,
+    Stored,
     /// Not kept, and said so (too large, given up, shutdown).
     Dropped,
     /// The store refuses writes: the caller sends the report directly.
@@ -187,7 +187,7 @@ pub enum Kept {
 
 /// Why a POST did not deliver a report.
 #[derive(Debug, thiserror::Error)]
-pub enum PostError {
+pub(crate) enum PostError {
     /// A 3xx, which is never followed.
     #[error("the receiver answered {0} (redirects are not followed; point --stats-url at the final URL)")]
     Redirect(reqwest::StatusCode),
@@ -262,7 +262,7 @@ fn is_record(bytes: &[u8]) -> bool {
 
 /// Keeps reports in the bucket and, for the leader, delivers them.
 #[derive(Clone, Debug)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     store: Store,
     cfg: DeliveryConfig,
     health: Arc<Health>,
@@ -320,14 +320,16 @@ impl Delivery {
     }
 
     /// A delivery handle; fails only if the HTTP client cannot be built.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         cfg: DeliveryConfig,
         health: Arc<Health>,
+        user_agent: String,
     ) -> Result<Self, reqwest::Error> {
+        usage_reporter_core::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
-            .user_agent(crate::build_info::user_agent())
+            .user_agent(user_agent)
             // A followed 302 turns the POST into a body-less GET elsewhere and takes the URL,
             // token and all, along as Referer: a redirect is a failed attempt.
             .redirect(reqwest::redirect::Policy::none())
@@ -344,7 +346,7 @@ impl Delivery {
     }
 
     /// How this handle delivers.
-    pub fn config(&self) -> &DeliveryConfig {
+    pub(crate) fn config(&self) -> &DeliveryConfig {
         &self.cfg
     }
 
@@ -355,7 +357,7 @@ impl Delivery {
     /// Keeps a frozen report in the bucket, retrying store failures until the next slot; a
     /// store that refuses writes (denied, read-only, full) is answered at once, for the caller
     /// to send the report directly.
-    pub async fn keep(
+    pub(crate) async fn keep(
         &self,
         slot: DateTime<Utc>,
         instance: &str,
@@ -390,7 +392,7 @@ impl Delivery {
                     if self.memory().keeps.recovered() {
                         tracing::info!("reports are kept in the bucket again");
                     }
-                    return Kept::Kept;
+                    return Kept::Stored;
                 }
                 Err(e) if e.refuses_writes() => return Kept::Refused(e),
                 Err(e) => {
@@ -446,7 +448,7 @@ impl Delivery {
     /// Sends this replica's own frozen report straight to the stats URL, for a replica that
     /// cannot write the bucket: retries until the next slot, at most one 2xx per slot, the same
     /// bytes and `Idempotency-Key` every time.
-    pub async fn send_own(
+    pub(crate) async fn send_own(
         &self,
         slot: DateTime<Utc>,
         instance: &str,
@@ -501,7 +503,7 @@ impl Delivery {
     }
 
     /// One delivery pass for the cluster `seed`; see the module docs.
-    pub async fn pass(
+    pub(crate) async fn pass(
         &self,
         leader: &Term<'_>,
         seed: &Seed,

@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use usage_reporter_core::histogram::Histogram;
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-
-/// Upper bounds, in seconds, of the delivery latency histogram.
-const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// The reporter's own figures, shared by every part of one replica.
 #[derive(Debug, Default)]
@@ -39,39 +38,6 @@ pub struct Health {
     last_delivery_ms: AtomicU64,
     read_only: AtomicBool,
     latency: Mutex<Histogram>,
-}
-
-/// A latency histogram over [`LATENCY_BUCKETS`].
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    counts: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub(crate) fn observe(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
-
-    /// Appends the family `name` in Prometheus text.
-    pub(crate) fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", self.counts[i]);
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
 }
 
 impl Health {
@@ -316,6 +282,12 @@ impl Health {
             );
         }
         out
+    }
+}
+
+impl usage_reporter_core::store::StoreObserver for Health {
+    fn request(&self, op: &'static str, outcome: &'static str) {
+        self.store_request(op, outcome);
     }
 }
 

@@ -19,13 +19,13 @@ use uuid::Uuid;
 use crate::slots;
 
 /// The leader lease.
-pub const LEASE_KEY: &str = "usage/lease.json";
+pub use usage_reporter_core::lease::LEASE_KEY;
 /// Frozen reports, one per replica per slot.
 pub const REPORTS: &str = "usage/reports/";
 /// Delivery records, one per delivered report.
 pub const DELIVERED: &str = "usage/delivered/";
 /// The self-test's scratch keys.
-pub const SELFTEST: &str = "usage/selftest/";
+pub use usage_reporter_core::store::selftest::SELFTEST;
 /// The cluster's signing key.
 pub const SIGNING_KEY: &str = "usage/signing_key.json";
 

@@ -1,54 +1,81 @@
-//! usage-reporter: anonymous usage reporting for a cluster of replicas sharing one bucket.
+//! usage-reporter: anonymous usage reporting for a service that runs as many replicas over one
+//! shared bucket (a local directory, S3, GCS or Azure Blob).
 //!
-//! Replicas agree on a cluster seed with a create-if-absent write ([`seed`]), elect a leader
-//! through a compare-and-swap lease ([`lease`]), freeze a report at every slot aligned on the
-//! seed ([`slots`], [`report`]) and the leader delivers every replica's report once
-//! ([`delivery`]). Every replica serves its live report over HTTP ([`http`]). Services record
-//! typed usage metrics through [`stats`]. [`replica`] puts it all together; `reporter run` is a
-//! thin wrapper over it.
+//! The replicas agree on one cluster seed with a create-if-absent write, elect one leader
+//! through a compare-and-swap lease, freeze a report at every slot aligned on the seed, and the
+//! leader delivers every replica's report to the stats endpoint once. Every replica serves its
+//! own live report. A service records typed usage metrics through [`stats`] (one atomic
+//! operation each on the hot path) and runs its replica with [`ReplicaBuilder`]:
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
 //! use usage_reporter::{stats, ReplicaBuilder};
-//! stats::global().counter("requests")?.inc();
-//! let replica = ReplicaBuilder::new()
-//!     .store("s3://bucket/usage".into())
-//!     .target("querier".into())
-//!     .start()
-//!     .await?;
-//! // ... serve ...
-//! replica.shutdown().await;
-//! # Ok(()) }
+//!
+//! async fn serve(store: Arc<dyn object_store::ObjectStore>, app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {
+//!     stats::global().counter("queries")?.inc();
+//!     let replica = ReplicaBuilder::new().object_store(store, "usage").target("querier").without_endpoint().start().await?;
+//!     let app = app.route("/status/usage-stats", replica.usage_stats());
+//!     let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//!     axum::serve(listener, app).with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//!     replica.shutdown().await;
+//!     Ok(())
+//! }
 //! ```
+//!
+//! What a service needs is at the top level: [`ReplicaBuilder`] and its [`Options`] (defaults
+//! in [`defaults`]), the running [`Replica`], [`StartError`] and [`Fatal`], [`BuildInfo`], the
+//! metric handles of [`stats`], and [`store`] for a custom [`store::Backend`]. The `reporter`
+//! binary (feature `cli`) is a thin wrapper over the same builder.
+//!
+//! # Features
+//!
+//! - `s3`, `gcs`, `azure` (default): the cloud store clients; local directories and
+//!   `memory://` are always there.
+//! - `aws-lc` (default) or `ring`: rustls' crypto provider for HTTPS; with neither, only plain
+//!   `http://` stats URLs are accepted.
+//! - `cli` (default): the `reporter` binary, with the receiver, clap and a log subscriber. A
+//!   service leaves it out: `default-features = false, features = ["s3", "aws-lc"]`.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod build_info;
+mod build_info;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
-pub mod clock;
 pub mod defaults;
-pub mod delivery;
+mod delivery;
+#[doc(hidden)]
 pub mod health;
+#[doc(hidden)]
 pub mod http;
-pub mod inspect;
+#[doc(hidden)]
 pub mod layout;
-pub mod lease;
-pub mod net;
-pub mod process;
-pub mod receiver;
-pub mod replica;
+mod process;
+mod replica;
+#[doc(hidden)]
 pub mod report;
-mod retry;
+#[doc(hidden)]
 pub mod seed;
+#[doc(hidden)]
 pub mod shape;
-pub mod signing;
+#[doc(hidden)]
 pub mod slots;
 pub mod stats;
-pub mod store;
-pub mod tasks;
-pub mod timefmt;
+mod tasks;
+
+pub use usage_reporter_core::store;
+pub(crate) use usage_reporter_core::{lease, net, retry, signing, timefmt};
 
 pub use build_info::BuildInfo;
-pub use replica::{Replica, ReplicaBuilder, StartError};
+pub use replica::{
+    OptionError, Options, Replica, ReplicaBuilder, ReporterMetrics, Setting, StartError,
+    SHUTDOWN_WAIT,
+};
 pub use stats::Registry;
 pub use store::Store;
+pub use tasks::Fatal;
+
+/// The README's code, compiled by `cargo test --doc`, so its embedding example stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

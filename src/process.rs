@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 /// Go's names for the platform, which receivers built for Tempo's data expect.
-pub fn go_os() -> &'static str {
+pub(crate) fn go_os() -> &'static str {
     match std::env::consts::OS {
         "macos" => "darwin",
         other => other,
@@ -17,7 +17,7 @@ pub fn go_os() -> &'static str {
 }
 
 /// The architecture by Go's name (`amd64`, `arm64`).
-pub fn go_arch() -> &'static str {
+pub(crate) fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -79,7 +79,7 @@ impl CpuSampler {
 }
 
 /// User plus system CPU time of this process.
-pub fn process_cpu_time() -> Option<Duration> {
+pub(crate) fn process_cpu_time() -> Option<Duration> {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
@@ -92,7 +92,7 @@ pub fn process_cpu_time() -> Option<Duration> {
 }
 
 /// Threads of this process (Linux), from `/proc/self/stat`.
-pub fn num_threads() -> Option<u64> {
+pub(crate) fn num_threads() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; num_threads is field 20 overall.
     let after = stat.rsplit_once(')')?.1;
@@ -100,7 +100,7 @@ pub fn num_threads() -> Option<u64> {
 }
 
 /// What the process can honestly say about its memory.
-pub fn memstats() -> Value {
+pub(crate) fn memstats() -> Value {
     match memory_stats::memory_stats() {
         Some(m) => json!({"resident_bytes": m.physical_mem, "virtual_bytes": m.virtual_mem}),
         None => json!({}),

@@ -9,6 +9,7 @@
 //! leaves the process.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +27,13 @@ use crate::report::{ReportSource, MAX_STATIC_METRICS_BYTES};
 use crate::seed::SeedKeeper;
 use crate::stats::{self, Registry};
 use crate::store::{self, OpenError, Store};
-pub use crate::tasks::Fatal;
+pub(crate) use crate::tasks::Fatal;
 use crate::tasks::{self, Parts, Plan};
 use crate::{http, timefmt};
 
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// An option is out of range.
     #[error(transparent)]
@@ -40,8 +42,12 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] OpenError),
     /// The HTTP client for deliveries could not be built (TLS roots, most likely).
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
+    #[error("cannot build the HTTP client: {}", store::error_chain(.0))]
+    Client(#[source] reqwest::Error),
+    /// The object store given to [`ReplicaBuilder::object_store`] cannot do the conditional
+    /// writes the seed and the lease rest on.
+    #[error("{0} cannot compare-and-swap, which the leader lease needs; for a local directory pass its path to ReplicaBuilder::store instead (the crate's own local backend can)")]
+    NoConditionalWrites(String),
     /// The endpoint's address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -54,6 +60,7 @@ pub enum StartError {
 
 /// An option, for errors; `reporter` names each by its flag, a library user by [`Setting::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Setting {
     /// [`Options::interval`]
     Interval,
@@ -69,6 +76,8 @@ pub enum Setting {
     PostTimeout,
     /// [`Options::metrics`]
     Metrics,
+    /// [`Options::stats_url`]
+    StatsUrl,
 }
 
 impl Setting {
@@ -82,12 +91,14 @@ impl Setting {
             Setting::MaxReportAge => "the maximum report age",
             Setting::PostTimeout => "the POST timeout",
             Setting::Metrics => "the static metrics",
+            Setting::StatsUrl => "the stats URL",
         }
     }
 }
 
 /// An option out of range, and why the range is what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OptionError {
     /// Below its floor.
     TooShort {
@@ -110,6 +121,8 @@ pub enum OptionError {
         /// Collect delay plus interval.
         floor: Duration,
     },
+    /// An `https` stats URL in a build without a TLS provider (features `aws-lc` or `ring`).
+    NoTls,
     /// A static metric takes a built-in metric's name.
     ReservedMetric(String),
     /// The static metrics would push a report towards its size cap.
@@ -128,6 +141,7 @@ impl OptionError {
             OptionError::TooShort { setting, .. } => *setting,
             OptionError::CollectDelayNotShorter { .. } => Setting::CollectDelay,
             OptionError::MaxReportAgeTooShort { .. } => Setting::MaxReportAge,
+            OptionError::NoTls => Setting::StatsUrl,
             OptionError::ReservedMetric(_) | OptionError::StaticMetricsTooLarge { .. } => {
                 Setting::Metrics
             }
@@ -163,6 +177,10 @@ impl OptionError {
                 name(Setting::CollectDelay),
                 name(Setting::Interval),
                 d(*floor)
+            ),
+            OptionError::NoTls => format!(
+                "{} is https, but this build has no TLS provider: enable the feature aws-lc or ring of usage-reporter",
+                name(Setting::StatsUrl)
             ),
             OptionError::ReservedMetric(k) => format!(
                 "{} {k:?} is reserved for the reporter's built-in metrics",
@@ -247,6 +265,14 @@ impl Default for Options {
 impl Options {
     /// Checks every option against its floor and the others.
     pub fn validate(&self) -> Result<(), OptionError> {
+        if self
+            .stats_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "https")
+            && !usage_reporter_core::HTTPS
+        {
+            return Err(OptionError::NoTls);
+        }
         for (k, _) in &self.metrics {
             if stats::RESERVED.contains(&k.as_str()) {
                 return Err(OptionError::ReservedMetric(k.clone()));
@@ -319,6 +345,7 @@ pub struct ReplicaBuilder {
     store: Option<Store>,
     registry: Option<Arc<Registry>>,
     build: BuildInfo,
+    edition: String,
     endpoint: bool,
 }
 
@@ -329,6 +356,20 @@ impl Default for ReplicaBuilder {
 }
 
 macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: String) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<String>) -> Self {
+            self.options.$name = value.into();
+            self
+        }
+    };
+    ($(#[$doc:meta])* $name:ident: Option<$ty:ty>) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.options.$name = Some(value);
+            self
+        }
+    };
     ($(#[$doc:meta])* $name:ident: $ty:ty) => {
         $(#[$doc])*
         pub fn $name(mut self, value: $ty) -> Self {
@@ -346,6 +387,7 @@ impl ReplicaBuilder {
             store: None,
             registry: None,
             build: BuildInfo::reporter(),
+            edition: "oss".to_string(),
             endpoint: true,
         }
     }
@@ -401,6 +443,32 @@ impl ReplicaBuilder {
         self
     }
 
+    /// Uses the service's own object store, under `prefix` (`""` for the bucket's root): S3,
+    /// GCS, Azure or memory, as object_store builds them. [`start`](Self::start) refuses
+    /// object_store's `LocalFileSystem`, which cannot compare-and-swap: for a directory give
+    /// its path to [`store`](Self::store) instead, which uses this crate's own local backend.
+    pub fn object_store(
+        mut self,
+        store: Arc<dyn object_store::ObjectStore>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        let describe = store.to_string();
+        let prefix = prefix.into();
+        let backend = store::cloud::CloudStore::new(
+            store,
+            object_store::path::Path::from(prefix.as_str()),
+            describe,
+        );
+        self.store = Some(Store::new(Arc::new(backend)));
+        self
+    }
+
+    /// The report's `edition` (default `oss`).
+    pub fn edition(mut self, edition: impl Into<String>) -> Self {
+        self.edition = edition.into();
+        self
+    }
+
     /// Reports this registry's metrics (default: [`stats::global`]).
     pub fn registry(mut self, registry: Arc<Registry>) -> Self {
         self.registry = Some(registry);
@@ -408,7 +476,7 @@ impl ReplicaBuilder {
     }
 
     /// Serves no HTTP endpoint: for running many replicas in one process (tests, benchmarks),
-    /// or for a service that mounts [`http::router`] in its own server. `local_addr` is then
+    /// or for a service that mounts [`Replica::usage_stats`] on its own router. `local_addr` is then
     /// the unspecified address.
     pub fn without_endpoint(mut self) -> Self {
         self.endpoint = false;
@@ -422,8 +490,24 @@ impl ReplicaBuilder {
     }
 
     /// Checks the options, binds the endpoint and starts the replica's background work.
+    ///
+    /// # Errors
+    ///
+    /// An option out of range ([`StartError::Invalid`]), a store URL or option that cannot be
+    /// used ([`StartError::Store`]), an object store without compare-and-swap
+    /// ([`StartError::NoConditionalWrites`]), an HTTP client that cannot be built, or an
+    /// endpoint address that cannot be bound. What the store itself answers comes later,
+    /// through [`Replica::failed`] (and the log), since a store may be down at start.
     pub async fn start(self) -> Result<Replica, StartError> {
         self.options.validate()?;
+        if let Some(s) = &self.store {
+            let described = s.describe();
+            if described.starts_with("LocalFileSystem") {
+                return Err(StartError::NoConditionalWrites(format!(
+                    "object_store's {described}"
+                )));
+            }
+        }
         let o = self.options;
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
@@ -455,6 +539,7 @@ impl ReplicaBuilder {
                 source: None,
                 health,
                 fatal: fatal_rx,
+                watched: Arc::default(),
             });
         }
 
@@ -465,20 +550,24 @@ impl ReplicaBuilder {
             None => store::open(&o.store, &o.store_options)?,
         }
         .with_timeout(deadline)
-        .with_health(health.clone());
+        .with_observer(health.clone());
         // Every replica reads or writes the lease at least every 4/5 of its TTL.
         health.set_ready_window(o.lease_ttl * 2);
-        let delivery = Delivery::new(store.clone(), o.delivery(), health.clone())
-            .map_err(|e| StartError::Client(store::error_chain(&e)))?;
+        let user_agent = crate::build_info::user_agent(&self.build);
+        let delivery = Delivery::new(store.clone(), o.delivery(), health.clone(), user_agent)
+            .map_err(StartError::Client)?;
 
         let registry = self.registry.unwrap_or_else(|| stats::global().clone());
-        let source = Arc::new(ReportSource::new(
-            o.target.clone(),
-            self.build.clone(),
-            o.interval,
-            registry,
-            o.metrics.clone(),
-        ));
+        let source = Arc::new(
+            ReportSource::new(
+                o.target.clone(),
+                self.build.clone(),
+                o.interval,
+                registry,
+                o.metrics.clone(),
+            )
+            .with_edition(self.edition.clone()),
+        );
         let mut tasks = Vec::new();
         let addr = if self.endpoint {
             let (addr, http_task) = serve(Some(source.clone())).await?;
@@ -522,6 +611,12 @@ impl ReplicaBuilder {
             shutdown.clone(),
             fatal_tx,
         )));
+        let watched = Arc::new(AtomicBool::new(false));
+        tasks.push(tokio::spawn(log_unwatched(
+            fatal_rx.clone(),
+            watched.clone(),
+            shutdown.clone(),
+        )));
         Ok(Replica {
             addr,
             shutdown,
@@ -529,55 +624,164 @@ impl ReplicaBuilder {
             source: Some(source),
             health,
             fatal: fatal_rx,
+            watched,
         })
     }
 }
 
-/// A running replica.
+/// How long [`Replica::shutdown`] waits for the background work to stop (a leader's release
+/// of the lease included) before it abandons it.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// A running replica. Dropping it stops its background work: each task ends at its next step,
+/// a leader releasing the lease if the runtime lets it finish; [`Replica::shutdown`] waits for
+/// that (within a bound).
 #[derive(Debug)]
 pub struct Replica {
     addr: SocketAddr,
     shutdown: CancellationToken,
+    /// The background tasks, awaited by `shutdown`; empty once it ran.
     tasks: Vec<JoinHandle<()>>,
     source: Option<Arc<ReportSource>>,
     health: Arc<Health>,
     fatal: watch::Receiver<Option<Fatal>>,
+    /// Whether anyone asked [`Replica::failed`]: if not, a fatal error is logged, so that it is
+    /// never silent; if so, the caller says it (the CLI prints it as its last line).
+    watched: Arc<AtomicBool>,
+}
+
+/// The reporter's own metrics (`usage_reporter_*`: leadership, store requests, deliveries),
+/// read at each [`render`](Self::render). Cloning it is cheap.
+#[derive(Debug, Clone)]
+pub struct ReporterMetrics(Arc<Health>);
+
+impl ReporterMetrics {
+    /// The families in Prometheus text format (0.0.4), each with its HELP and TYPE lines, to
+    /// append to the service's own.
+    pub fn render(&self) -> String {
+        self.0.render()
+    }
+}
+
+/// Logs a fatal error at ERROR unless the embedding service awaits [`Replica::failed`].
+async fn log_unwatched(
+    mut fatal: watch::Receiver<Option<Fatal>>,
+    watched: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let reason = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = fatal.wait_for(Option::is_some) => match r {
+            Ok(r) => r.clone(),
+            Err(_) => return,
+        },
+    };
+    if let (Some(reason), false) = (reason, watched.load(Ordering::Relaxed)) {
+        tracing::error!(error = %reason, "usage reporting stopped for good");
+    }
 }
 
 impl Replica {
-    /// The endpoint's bound address.
+    /// The endpoint's bound address (the unspecified address without an endpoint).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// The report builder (None when reporting is disabled).
+    /// This process's instance ID, as its reports carry it (`None` with reporting disabled).
+    pub fn instance_id(&self) -> Option<String> {
+        self.source.as_ref().map(|s| s.instance_id().to_string())
+    }
+
+    /// The cluster ID, once the seed is known.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.source.as_ref()?.seed().map(|s| s.uid().to_string())
+    }
+
+    /// Whether this replica leads (delivers every replica's reports) at this moment.
+    pub fn is_leader(&self) -> bool {
+        self.health.is_leader()
+    }
+
+    /// This replica's live report, as `GET /status/usage-stats` serves it (`None` with
+    /// reporting disabled). Reading it changes nothing.
+    pub fn report(&self) -> Option<serde_json::Value> {
+        let source = self.source.as_ref()?;
+        serde_json::to_value(source.live(chrono::Utc::now())).ok()
+    }
+
+    /// The reporter's own metrics, as the endpoint's `/metrics` serves them: a cheap handle
+    /// for a service that exposes them on its own metrics route.
+    pub fn metrics(&self) -> ReporterMetrics {
+        ReporterMetrics(self.health.clone())
+    }
+
+    /// The handler of `GET /status/usage-stats`, to mount on the service's own router:
+    ///
+    /// ```no_run
+    /// # fn demo(replica: &usage_reporter::Replica) -> axum::Router {
+    /// axum::Router::new().route("/status/usage-stats", replica.usage_stats())
+    /// # }
+    /// ```
+    pub fn usage_stats(&self) -> axum::routing::MethodRouter {
+        http::usage_stats_route(self.source.clone())
+    }
+
+    /// `GET /healthz` and `GET /ready` (see the crate's README), to merge into the service's
+    /// router if it has no such routes of its own.
+    pub fn health_routes(&self) -> axum::Router {
+        http::health_router(self.source.is_some(), self.health.clone())
+    }
+
+    /// The report builder, for the crate's own tests and benchmarks.
+    #[doc(hidden)]
     pub fn source(&self) -> Option<&Arc<ReportSource>> {
         self.source.as_ref()
     }
 
-    /// The reporter's own health figures, as `/metrics` serves them.
+    /// The reporter's own figures, for the crate's own tests and benchmarks.
+    #[doc(hidden)]
     pub fn health(&self) -> &Arc<Health> {
         &self.health
     }
 
-    /// Resolves if the replica hits an error it cannot work past; pending for ever otherwise.
-    pub async fn failed(&mut self) -> Fatal {
-        loop {
-            if let Some(reason) = self.fatal.borrow().clone() {
-                return reason;
-            }
-            if self.fatal.changed().await.is_err() {
-                // The run task ended without a fatal error: wait for ever.
-                std::future::pending::<()>().await;
+    /// Resolves if the replica hits an error it cannot work past (a store that cannot do
+    /// conditional writes, a seed that cannot be agreed on); pending for ever otherwise. The
+    /// future borrows nothing, so it can be a server's graceful-shutdown signal.
+    pub fn failed(&self) -> impl std::future::Future<Output = Fatal> + Send + 'static {
+        self.watched.store(true, Ordering::Relaxed);
+        let mut fatal = self.fatal.clone();
+        async move {
+            loop {
+                if let Some(reason) = fatal.borrow_and_update().clone() {
+                    return reason;
+                }
+                if fatal.changed().await.is_err() {
+                    // The run task ended without a fatal error: wait for ever.
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
 
-    /// Stops everything; a leader releases its lease first.
-    pub async fn shutdown(self) {
+    /// Stops everything, a leader releasing its lease first, waiting at most
+    /// [`SHUTDOWN_WAIT`] (a store that does not answer cannot hold a service's shutdown).
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        let tasks = std::mem::take(&mut self.tasks);
+        if tokio::time::timeout(SHUTDOWN_WAIT, futures::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                wait = %timefmt::format_duration(SHUTDOWN_WAIT),
+                "the reporter's background work did not stop in time; abandoned (the lease, if held, expires after its TTL)"
+            );
         }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }

@@ -82,6 +82,8 @@ pub struct ReportSource {
     static_metrics: Vec<(String, Value)>,
     seed: RwLock<Option<Seed>>,
     cpu: CpuSampler,
+    /// The report's `edition`: `oss` unless the embedding service says otherwise.
+    edition: String,
 }
 
 impl ReportSource {
@@ -102,7 +104,14 @@ impl ReportSource {
             static_metrics,
             seed: RwLock::new(None),
             cpu: CpuSampler::default(),
+            edition: "oss".to_string(),
         }
+    }
+
+    /// Reports `edition` instead of `oss`.
+    pub fn with_edition(mut self, edition: String) -> Self {
+        self.edition = edition;
+        self
     }
 
     /// This process's instance ID.
@@ -179,7 +188,7 @@ impl ReportSource {
             version: self.build.clone(),
             os: go_os().to_string(),
             arch: go_arch().to_string(),
-            edition: "oss".to_string(),
+            edition: self.edition.clone(),
             metrics,
         }
     }

@@ -84,6 +84,11 @@ impl IntVar {
     pub fn set(&self, value: i64) {
         self.0.store(value, Ordering::Relaxed);
     }
+    /// Adds `n` (negative to subtract), wrapping at the ends of `i64`: a gauge of things
+    /// in use, say.
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     /// The value.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
@@ -98,6 +103,14 @@ impl FloatVar {
     /// Sets the value.
     pub fn set(&self, value: f64) {
         self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
+    /// Adds `x` (negative to subtract), atomically with respect to other adds and sets.
+    pub fn add(&self, x: f64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + x).to_bits())
+            });
     }
     /// The value.
     pub fn get(&self) -> f64 {
@@ -477,6 +490,28 @@ pub fn global() -> &'static Arc<Registry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int_and_float_vars_add_from_many_threads() {
+        let (i, f) = (Arc::new(IntVar::default()), Arc::new(FloatVar::default()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (i, f) = (i.clone(), f.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        i.add(3);
+                        i.add(-1);
+                        f.add(0.5);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(i.get(), 8000);
+        assert_eq!(f.get(), 2000.0);
+    }
     use std::time::Duration;
 
     #[test]

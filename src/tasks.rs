@@ -135,9 +135,15 @@ pub(crate) async fn run(
         store.clone(),
         LeaseConfig::new(plan.lease_ttl),
         source.instance_id().to_string(),
-        health.clone(),
     )
-    .with_identity(identity_rx.clone())
+    .on_leading({
+        let health = health.clone();
+        Arc::new(move |term| health.set_leader(term.is_some(), term.unwrap_or(0)))
+    })
+    .with_payload({
+        let seed = identity_rx.clone();
+        Arc::new(move || String::from_utf8_lossy(seed.borrow().raw()).into_owned())
+    })
     .with_interval(plan.interval);
     let election = {
         let (elector, shutdown) = (elector.clone(), shutdown.clone());
@@ -345,7 +351,7 @@ async fn freeze_slots(
                         }
                         true
                     }
-                    Kept::Kept => {
+                    Kept::Stored => {
                         if refused.recovered() {
                             tracing::info!("the store takes this replica's reports again; they go through the bucket");
                         }

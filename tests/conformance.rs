@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::{Bucket, Proc, Receiver};
 use tokio_util::sync::CancellationToken;
-use usage_reporter::health::Health;
-use usage_reporter::lease::{Elector, LeaseConfig};
 use usage_reporter::seed::DEFAULT_SEED_NAME;
 use usage_reporter::store::{selftest, Store, StoreError};
 use usage_reporter::BuildInfo;
+use usage_reporter_core::lease::{Elector, LeaseConfig};
 
 /// A store per racer (its own client), except memory, which only exists once.
 fn racers(b: &Bucket, n: usize) -> Vec<Store> {
@@ -24,12 +23,9 @@ fn racers(b: &Bucket, n: usize) -> Vec<Store> {
 
 fn successes(stores: &[Store], op: &str, memory: bool) -> u64 {
     if memory {
-        return stores[0].health().store_requests(op, "ok");
+        return stores[0].requests().get(op, "ok");
     }
-    stores
-        .iter()
-        .map(|s| s.health().store_requests(op, "ok"))
-        .sum()
+    stores.iter().map(|s| s.requests().get(op, "ok")).sum()
 }
 
 async fn seed_race(b: Bucket) {
@@ -145,7 +141,6 @@ async fn lease_handover_and_failover(b: Bucket) {
             s.with_timeout(ttl / 4),
             LeaseConfig::new(ttl),
             uuid::Uuid::new_v4().to_string(),
-            Arc::new(Health::default()),
         )
     };
     let leaders: Vec<_> = racers(&b, 3).into_iter().map(make).collect();
@@ -249,9 +244,10 @@ async fn identity_survives_the_seed(b: Bucket) {
         store.clone(),
         LeaseConfig::new(Duration::from_secs(3)),
         uuid::Uuid::new_v4().to_string(),
-        Arc::new(Health::default()),
     )
-    .with_identity(rx);
+    .with_payload(Arc::new(move || {
+        String::from_utf8_lossy(rx.borrow().raw()).into_owned()
+    }));
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let (leader, stop) = (leader.clone(), stop.clone());

@@ -77,9 +77,11 @@ fn kept_reports(bucket: &Bucket) -> HashSet<Key> {
 fn assert_aligned(posts: &[common::Post]) {
     for p in posts {
         let created =
-            usage_reporter::timefmt::parse_rfc3339(p.json["createdAt"].as_str().unwrap()).unwrap();
+            usage_reporter_core::timefmt::parse_rfc3339(p.json["createdAt"].as_str().unwrap())
+                .unwrap();
         let slot =
-            usage_reporter::timefmt::parse_rfc3339(p.json["interval"].as_str().unwrap()).unwrap();
+            usage_reporter_core::timefmt::parse_rfc3339(p.json["interval"].as_str().unwrap())
+                .unwrap();
         let d = (slot - created).num_nanoseconds().unwrap();
         assert!(
             d > 0 && d % 1_000_000_000 == 0,
@@ -349,7 +351,8 @@ async fn receiver_down_past_the_age_bound_drops_and_counts_old_reports() {
     let posts = receiver.posts();
     for p in &posts {
         let slot =
-            usage_reporter::timefmt::parse_rfc3339(p.json["interval"].as_str().unwrap()).unwrap();
+            usage_reporter_core::timefmt::parse_rfc3339(p.json["interval"].as_str().unwrap())
+                .unwrap();
         assert!(
             back - slot.to_utc() < chrono::Duration::seconds(4),
             "stale report delivered: {}",

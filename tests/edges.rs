@@ -47,10 +47,10 @@ fn last_closed(bucket: &Bucket, interval: Duration, collect: Duration) -> DateTi
 
 fn interval_text(slot: DateTime<Utc>, like: &Value) -> String {
     // The report's interval in the seed's zone, as the replica writes it.
-    let offset = usage_reporter::timefmt::parse_rfc3339(like["interval"].as_str().unwrap())
+    let offset = usage_reporter_core::timefmt::parse_rfc3339(like["interval"].as_str().unwrap())
         .unwrap()
         .timezone();
-    usage_reporter::timefmt::rfc3339_nano(&slot.with_timezone(&offset))
+    usage_reporter_core::timefmt::rfc3339_nano(&slot.with_timezone(&offset))
 }
 
 fn args(rx: &Receiver, extra: &[&str]) -> Vec<String> {
@@ -379,7 +379,7 @@ async fn a_leader_stopped_just_before_a_delivery_does_not_delay_it() {
     tokio::time::sleep((stop_at - Utc::now()).to_std().unwrap_or_default()).await;
     a.signal(libc::SIGTERM);
     let key =
-        usage_reporter::timefmt::rfc3339_nano(&slot.with_timezone(&s.created_at().timezone()));
+        usage_reporter_core::timefmt::rfc3339_nano(&slot.with_timezone(&s.created_at().timezone()));
     let b_id = b.instance_id();
     let delivered = || {
         rx.posts()
@@ -433,7 +433,7 @@ async fn a_store_that_refuses_writes_mid_run_still_gets_the_reports_out() {
             p.idempotency_key.ends_with(&me)
                 && p.json["interval"]
                     .as_str()
-                    .and_then(usage_reporter::timefmt::parse_rfc3339)
+                    .and_then(usage_reporter_core::timefmt::parse_rfc3339)
                     .is_some_and(|t| t.to_utc() > since)
         })
     };

@@ -560,7 +560,9 @@ async fn idle_and_slowloris_connections_cannot_starve_the_replica() {
         .posts()
         .iter()
         .map(|p| p.json["interval"].as_str().unwrap_or_default().to_string())
-        .filter(|s| usage_reporter::timefmt::parse_rfc3339(s).is_some_and(|t| t.to_utc() > attack))
+        .filter(|s| {
+            usage_reporter_core::timefmt::parse_rfc3339(s).is_some_and(|t| t.to_utc() > attack)
+        })
         .collect();
     assert!(
         during.len() >= 2,
@@ -638,8 +640,10 @@ async fn a_redirecting_receiver_loses_no_report_and_learns_nothing() {
     common::check_once_per_slot(&posts, &ids, 4, "after redirects");
     assert!(
         posts.iter().any(|p| {
-            usage_reporter::timefmt::parse_rfc3339(p.json["interval"].as_str().unwrap_or_default())
-                .is_some_and(|t| t.to_utc() < fixed - chrono::Duration::seconds(1))
+            usage_reporter_core::timefmt::parse_rfc3339(
+                p.json["interval"].as_str().unwrap_or_default(),
+            )
+            .is_some_and(|t| t.to_utc() < fixed - chrono::Duration::seconds(1))
         }),
         "the reports of the redirected slots were lost"
     );

@@ -26,7 +26,7 @@ use common::{eventually, Bucket, Proc};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use usage_reporter::signing::ClusterKey;
+use usage_reporter_core::signing::ClusterKey;
 
 /// The `(clusterID, interval, instanceID)` a report is rolled up as.
 fn identity(r: &Value) -> (String, String, String) {
@@ -710,7 +710,7 @@ async fn a_leader_stopped_mid_rollup_stops_before_it_releases_the_lease() {
         let slot = chrono::DateTime::parse_from_rfc3339(r["interval"].as_str().unwrap())
             .unwrap()
             .to_utc();
-        let key = usage_reporter::receiver::layout::inbox_key(&id.0, slot, &id.2);
+        let key = usage_reporter_receiver::layout::inbox_key(&id.0, slot, &id.2);
         store.create(&key, r.to_string()).await.unwrap();
         planted.push(id);
     }
@@ -775,7 +775,7 @@ async fn forget_leaves_nothing_of_a_cluster_and_retention_removes_old_raw_report
         .join(format!("rollups/day={old_day}/old.parquet"));
     std::fs::create_dir_all(old_rollup.parent().unwrap()).unwrap();
     // An empty file of the reports' schema, as a day whose rows were all forgotten could be.
-    let schema = std::sync::Arc::new(usage_reporter::receiver::rollup::schema());
+    let schema = std::sync::Arc::new(usage_reporter_receiver::rollup::schema());
     let mut file = Vec::new();
     parquet::arrow::ArrowWriter::try_new(&mut file, schema, None)
         .unwrap()

@@ -15,7 +15,8 @@ use serde_json::json;
 use usage_reporter::report::ReportSource;
 use usage_reporter::seed::Seed;
 use usage_reporter::stats::{Registry, Statistics};
-use usage_reporter::{timefmt, BuildInfo, ReplicaBuilder, Store};
+use usage_reporter::{BuildInfo, ReplicaBuilder, Store};
+use usage_reporter_core::timefmt;
 
 fn fixed_seed() -> Seed {
     Seed::parse(br#"{"UID":"3b0dbe09-7ca4-4c2c-8d5c-4a7c7c2b2c1e","created_at":"2024-08-09T18:28:28.123456789+02:00"}"#)

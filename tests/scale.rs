@@ -26,8 +26,8 @@ pub async fn replicas(store: &Store, n: usize, stats_url: &str) -> Vec<usage_rep
             .interval(Duration::from_secs(15))
             .collect_delay(Duration::from_secs(2))
             .lease_ttl(Duration::from_secs(30))
-            .retention(Some(Duration::from_secs(3600)))
-            .stats_url(Some(stats_url.parse().unwrap()))
+            .retention(Duration::from_secs(3600))
+            .stats_url(stats_url.parse().unwrap())
             .start()
             .await
             .unwrap();

@@ -41,11 +41,7 @@ async fn hundred_tasks_one_seed_one_create_repeatedly() {
         let store = bucket.store();
         let ids = race_tasks(&store, 100).await;
         assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
-        assert_eq!(
-            store.health().store_requests("create", "ok"),
-            1,
-            "round {round}"
-        );
+        assert_eq!(store.requests().get("create", "ok"), 1, "round {round}");
         assert_eq!(seed_on_disk(&bucket).uid(), ids.iter().next().unwrap());
     }
 }
@@ -114,11 +110,11 @@ async fn each_corrupted_form_is_replaced_once_by_racing_tasks() {
             let ids = race_tasks(&store, 50).await;
             assert_eq!(ids.len(), 1, "{name} round {round}: {ids:?}");
             assert_eq!(
-                store.health().store_requests("update", "ok"),
+                store.requests().get("update", "ok"),
                 1,
                 "{name} round {round}: exactly one replacement"
             );
-            assert_eq!(store.health().store_requests("create", "ok"), 0, "{name}");
+            assert_eq!(store.requests().get("create", "ok"), 0, "{name}");
             assert_eq!(&seed_on_disk(&bucket).uid(), ids.iter().next().unwrap());
         }
     }

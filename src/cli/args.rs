@@ -46,7 +46,7 @@ fn wait_or_zero(s: &str) -> Result<Dur, String> {
     version = env!("REPORTER_VERSION_LONG"),
     propagate_version = true
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -61,7 +61,7 @@ pub struct Cli {
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -70,7 +70,7 @@ pub enum LogFormat {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run one replica: agree on the cluster seed, elect a leader, freeze and deliver reports,
     /// serve this replica's live report.
     Run(Box<RunArgs>),
@@ -98,7 +98,7 @@ pub enum Command {
 
 /// The arguments of `forget`.
 #[derive(Debug, Clone, Args)]
-pub struct ForgetArgs {
+pub(crate) struct ForgetArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: ReceiverStoreArgs,
@@ -121,7 +121,7 @@ fn parse_cluster_id(s: &str) -> Result<String, String> {
 #[derive(Debug, Clone, Args)]
 pub struct ReceiverStoreArgs {
     /// The receiver's bucket: the same URLs as `run --store`.
-    #[arg(long, env = "REPORTER_STORE", default_value = crate::receiver::defaults::STORE)]
+    #[arg(long, env = "REPORTER_STORE", default_value = usage_reporter_receiver::defaults::STORE)]
     pub store: String,
     /// Store client options.
     #[command(flatten)]
@@ -135,25 +135,25 @@ pub struct ReceiveArgs {
     #[command(flatten)]
     pub store: ReceiverStoreArgs,
     /// Address to serve on.
-    #[arg(long, env = "REPORTER_LISTEN", default_value_t = crate::receiver::defaults::LISTEN)]
+    #[arg(long, env = "REPORTER_LISTEN", default_value_t = usage_reporter_receiver::defaults::LISTEN)]
     pub listen: SocketAddr,
     /// Require `Authorization: Bearer TOKEN` to read the dashboard and the query API (POSTing
     /// reports never needs it).
     #[arg(long, env = "REPORTER_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
     /// How often the elected receiver rolls up.
-    #[arg(long, env = "REPORTER_ROLLUP_EVERY", default_value_t = Dur(crate::receiver::defaults::ROLLUP_EVERY))]
+    #[arg(long, env = "REPORTER_ROLLUP_EVERY", default_value_t = Dur(usage_reporter_receiver::defaults::ROLLUP_EVERY))]
     pub rollup_every: Dur,
     /// Reports per second one client may send, sustained.
-    #[arg(long, env = "REPORTER_RATE_LIMIT", default_value_t = crate::receiver::defaults::RATE_LIMIT)]
+    #[arg(long, env = "REPORTER_RATE_LIMIT", default_value_t = usage_reporter_receiver::defaults::RATE_LIMIT)]
     pub rate_limit: f64,
     /// Reports one client may send at once before the rate applies (a leader delivering a slot
     /// of many replicas sends them together).
-    #[arg(long, env = "REPORTER_RATE_BURST", default_value_t = crate::receiver::defaults::BURST)]
+    #[arg(long, env = "REPORTER_RATE_BURST", default_value_t = usage_reporter_receiver::defaults::BURST)]
     pub rate_burst: f64,
     /// How long a stored report waits before a rollup takes it (batches bursts; nothing depends
     /// on it).
-    #[arg(long, env = "REPORTER_SETTLE", value_parser = wait_or_zero, default_value_t = Dur(crate::receiver::rollup::DEFAULT_SETTLE))]
+    #[arg(long, env = "REPORTER_SETTLE", value_parser = wait_or_zero, default_value_t = Dur(usage_reporter_receiver::rollup::DEFAULT_SETTLE))]
     pub settle: Dur,
     /// A load balancer or proxy (CIDR or address; repeatable, or comma-separated in the
     /// variable) whose X-Forwarded-For / Forwarded header is believed. Others' are ignored.
@@ -164,19 +164,19 @@ pub struct ReceiveArgs {
     )]
     pub trusted_proxies: Vec<crate::net::Cidr>,
     /// The header the trusted proxies write (only that one is read).
-    #[arg(long, env = "REPORTER_FORWARDED_HEADER", value_enum, default_value_t = crate::net::ForwardedHeader::XForwardedFor)]
-    pub forwarded_header: crate::net::ForwardedHeader,
+    #[arg(long, env = "REPORTER_FORWARDED_HEADER", value_enum, default_value_t = Forwarded::XForwardedFor)]
+    pub forwarded_header: Forwarded,
     /// Connections at once; past 3/4 of it idle connections are closed early.
-    #[arg(long, env = "REPORTER_MAX_CONNECTIONS", default_value_t = crate::receiver::defaults::MAX_CONNECTIONS)]
+    #[arg(long, env = "REPORTER_MAX_CONNECTIONS", default_value_t = usage_reporter_receiver::defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Connections at once from one client (its /24 or /48); trusted proxies are exempt.
-    #[arg(long, env = "REPORTER_MAX_CLIENT_CONNECTIONS", default_value_t = crate::receiver::defaults::MAX_CLIENT_CONNECTIONS)]
+    #[arg(long, env = "REPORTER_MAX_CLIENT_CONNECTIONS", default_value_t = usage_reporter_receiver::defaults::MAX_CLIENT_CONNECTIONS)]
     pub max_client_connections: usize,
     /// Once its headers are in (within 5s), a request's body must arrive within this.
-    #[arg(long, env = "REPORTER_REQUEST_TIMEOUT", default_value_t = Dur(crate::receiver::defaults::REQUEST_TIMEOUT))]
+    #[arg(long, env = "REPORTER_REQUEST_TIMEOUT", default_value_t = Dur(usage_reporter_receiver::defaults::REQUEST_TIMEOUT))]
     pub request_timeout: Dur,
     /// Distinct instances one cluster may report unsigned for one slot.
-    #[arg(long, env = "REPORTER_MAX_INSTANCES", default_value_t = crate::receiver::defaults::MAX_INSTANCES)]
+    #[arg(long, env = "REPORTER_MAX_INSTANCES", default_value_t = usage_reporter_receiver::defaults::MAX_INSTANCES)]
     pub max_instances: usize,
     /// Remove raw received reports of slot days older than this (at least 8d); Parquet rollups
     /// and summaries are kept. Unset: kept for ever.
@@ -184,21 +184,30 @@ pub struct ReceiveArgs {
     pub retention: Option<Dur>,
     /// A metric value (or key) reported by fewer clusters is never shown: the API, the
     /// dashboard and /metrics count it in "other".
-    #[arg(long, env = "REPORTER_MIN_CLUSTERS", default_value_t = crate::receiver::defaults::MIN_CLUSTERS)]
+    #[arg(long, env = "REPORTER_MIN_CLUSTERS", default_value_t = usage_reporter_receiver::defaults::MIN_CLUSTERS)]
     pub min_clusters: u64,
 }
 
 /// The arguments of `rollup`.
 #[derive(Debug, Clone, Args)]
-pub struct RollupArgs {
+pub(crate) struct RollupArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: ReceiverStoreArgs,
 }
 
-impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
+/// `--forwarded-header`: which header the trusted proxies write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Forwarded {
+    /// `X-Forwarded-For` (nginx, HAProxy, AWS and GCP load balancers).
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl From<ReceiveArgs> for usage_reporter_receiver::ReceiverOptions {
     fn from(a: ReceiveArgs) -> Self {
-        crate::receiver::ReceiverOptions {
+        usage_reporter_receiver::ReceiverOptions {
             store: a.store.store,
             store_options: a.store.client.store_options,
             listen: a.listen,
@@ -208,7 +217,10 @@ impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
             rate_limit: a.rate_limit,
             rate_burst: a.rate_burst,
             trusted_proxies: a.trusted_proxies,
-            forwarded_header: a.forwarded_header,
+            forwarded_header: match a.forwarded_header {
+                Forwarded::XForwardedFor => crate::net::ForwardedHeader::XForwardedFor,
+                Forwarded::Forwarded => crate::net::ForwardedHeader::Forwarded,
+            },
             max_connections: a.max_connections,
             max_client_connections: a.max_client_connections,
             request_timeout: a.request_timeout.0,
@@ -221,14 +233,14 @@ impl From<ReceiveArgs> for crate::receiver::ReceiverOptions {
 
 /// What to do with the seed.
 #[derive(Debug, Subcommand)]
-pub enum SeedCommand {
+pub(crate) enum SeedCommand {
     /// Print the cluster seed and exit.
     Show(SeedShowArgs),
 }
 
 /// What to do with the lease.
 #[derive(Debug, Subcommand)]
-pub enum LeaseCommand {
+pub(crate) enum LeaseCommand {
     /// Print the leader lease and exit.
     Show(LeaseShowArgs),
 }
@@ -262,7 +274,7 @@ pub struct ClientOptions {
 
 /// The arguments of `seed show`.
 #[derive(Debug, Clone, Args)]
-pub struct SeedShowArgs {
+pub(crate) struct SeedShowArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: StoreArgs,
@@ -276,7 +288,7 @@ pub struct SeedShowArgs {
 
 /// The arguments of `lease show`.
 #[derive(Debug, Clone, Args)]
-pub struct LeaseShowArgs {
+pub(crate) struct LeaseShowArgs {
     /// Where the bucket is.
     #[command(flatten)]
     pub store: StoreArgs,
@@ -358,7 +370,7 @@ impl From<RunArgs> for Options {
 }
 
 /// The flag that sets an option.
-pub fn flag(setting: Setting) -> &'static str {
+pub(crate) fn flag(setting: Setting) -> &'static str {
     match setting {
         Setting::Interval => "--interval",
         Setting::LeaseTtl => "--lease-ttl",
@@ -367,11 +379,12 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::MaxReportAge => "--max-report-age",
         Setting::PostTimeout => "--post-timeout",
         Setting::Metrics => "--metric",
+        Setting::StatsUrl => "--stats-url",
     }
 }
 
 /// A start failure as one line in flag words, and the exit status: 2 for bad arguments.
-pub fn explain(e: &StartError) -> (u8, String) {
+pub(crate) fn explain(e: &StartError) -> (u8, String) {
     match e {
         StartError::Invalid(e) => (2, e.describe(flag)),
         StartError::Store(e) if e.about_an_option() => (2, format!("--store-option: {e}")),
@@ -414,7 +427,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 /// `KEY=VALUE`: integers and floats become JSON numbers, everything else a string.
-pub fn parse_metric(s: &str) -> Result<(String, serde_json::Value), String> {
+pub(crate) fn parse_metric(s: &str) -> Result<(String, serde_json::Value), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} must look like KEY=VALUE"))?;

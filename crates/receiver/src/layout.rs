@@ -50,7 +50,7 @@ fn slot_prefix_part(cluster: &str, slot: DateTime<Utc>) -> String {
     format!(
         "day={}/{cluster}/{}",
         day_of(slot),
-        crate::slots::slot_key(slot)
+        crate::timefmt::slot_key(slot)
     )
 }
 

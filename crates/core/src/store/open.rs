@@ -202,6 +202,7 @@ fn not_built(url: &Url, feature: &'static str) -> OpenError {
 
 /// Opens the store `spec` points at. Nothing is read or written here.
 pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError> {
+    crate::install_crypto_provider();
     let spec = spec.trim();
     if spec.is_empty() {
         return Err(OpenError::Empty);

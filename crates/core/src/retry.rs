@@ -10,7 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 /// Exponential delays with jitter from `min` up to `max`, without end.
-pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(min)
         .with_max_delay(max)
@@ -20,7 +20,7 @@ pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Dura
 }
 
 /// Sleeps; `true` if shutdown fired first.
-pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+pub async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
@@ -29,7 +29,7 @@ pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> 
 
 /// Calls `f` up to `attempts` times while it fails with an error `retryable` accepts, waiting
 /// 200 ms, then four times longer each time. For one-shot commands, which must not wait long.
-pub(crate) async fn a_few_times<T, E>(
+pub async fn a_few_times<T, E>(
     attempts: u32,
     retryable: impl Fn(&E) -> bool,
     mut f: impl AsyncFnMut() -> Result<T, E>,
@@ -50,11 +50,11 @@ pub(crate) async fn a_few_times<T, E>(
 
 /// Tracks a failing state so that it is logged when it starts or changes, and its end once.
 #[derive(Debug, Default)]
-pub(crate) struct StateLog(Option<String>);
+pub struct StateLog(Option<String>);
 
 impl StateLog {
     /// Records a failure of this kind; `true` when it is new, and the caller should log it.
-    pub(crate) fn failing(&mut self, kind: impl Into<String>) -> bool {
+    pub fn failing(&mut self, kind: impl Into<String>) -> bool {
         let kind = kind.into();
         if self.0.as_deref() == Some(kind.as_str()) {
             return false;
@@ -64,7 +64,7 @@ impl StateLog {
     }
 
     /// Records success; `true` when it ends a failure, and the caller should log that.
-    pub(crate) fn recovered(&mut self) -> bool {
+    pub fn recovered(&mut self) -> bool {
         self.0.take().is_some()
     }
 }

@@ -13,7 +13,7 @@
 //! - [`forget`]: retention of raw reports, and removing one cluster on request;
 //! - this module: the HTTP service, its rate limit and token, and the rollup leader's loop.
 //!
-//! It faces strangers, so everything is bounded (see [`crate::http::Limits`]): connections
+//! It faces strangers, so everything is bounded (see [`usage_reporter_core::serve::Limits`]): connections
 //! overall and per client, a deadline for each request's headers and another for its body,
 //! reports per second per client (grouped per /24 or /48; behind `--trusted-proxy` the
 //! forwarded address), distinct unsigned instances per cluster and slot.
@@ -50,9 +50,11 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Histogram;
+use usage_reporter_core::histogram::Histogram;
+pub(crate) use usage_reporter_core::{lease, net, retry, signing, store, timefmt};
+
 use crate::lease::{Elector, LeaseConfig};
-use crate::store::{self, OpenError, Store, StoreError};
+use crate::store::{OpenError, Store, StoreError};
 use summary::{Cluster, Day};
 
 /// The receiver's defaults.
@@ -178,7 +180,7 @@ pub struct ReceiverHealth {
     store_latency: Mutex<Histogram>,
     rollups: AtomicU64,
     rolled_up: AtomicU64,
-    server: Mutex<Option<Arc<crate::http::ServerStats>>>,
+    server: Mutex<Option<Arc<usage_reporter_core::serve::ServerStats>>>,
 }
 
 impl ReceiverHealth {
@@ -1162,14 +1164,14 @@ impl Receiver {
             min_clusters: o.min_clusters,
             unsigned: Arc::default(),
         };
-        let limits = crate::http::Limits {
+        let limits = usage_reporter_core::serve::Limits {
             max_connections: o.max_connections,
             per_client: o.max_client_connections,
             exempt: o.trusted_proxies.clone(),
             request_timeout: o.request_timeout,
         };
         let (addr, http, server) =
-            crate::http::serve(o.listen, router(app), limits, shutdown.clone())
+            usage_reporter_core::serve::serve(o.listen, router(app), limits, shutdown.clone())
                 .await
                 .map_err(|source| ReceiveError::Listen {
                     addr: o.listen,
@@ -1237,7 +1239,6 @@ pub(crate) fn elector(store: &Store, every: Duration) -> Elector {
         store.clone().with_timeout(ttl / 4),
         LeaseConfig::new(ttl),
         uuid::Uuid::new_v4().to_string(),
-        Arc::new(crate::health::Health::default()),
     )
     .with_key(layout::LEASE)
 }

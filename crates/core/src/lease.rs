@@ -10,8 +10,9 @@
 //!   nonce, so identical bytes never repeat and a stale `If-Match` can never succeed;
 //! - a leader that shuts down releases the lease (`holder` empty), and followers take it at their
 //!   next poll without waiting out the TTL;
-//! - every write carries the cluster seed's exact bytes (`seed`), so the identity survives the
-//!   loss of the seed object (see [`crate::seed`]).
+//! - every write carries an opaque payload of its user's ([`Elector::with_payload`]; the sender
+//!   keeps the cluster seed's exact bytes there, so the identity survives the loss of the seed
+//!   object), stored in the record's `seed` field.
 //!
 //! Store requests per hour at the default `--lease-ttl 5m`: a follower polls every 4 min
 //! (15 GETs), the leader renews every 2.5 min (24 conditional PUTs). A failed renewal is
@@ -28,12 +29,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::system_clock;
 pub use crate::clock::Clock;
-use crate::health::Health;
-pub use crate::layout::LEASE_KEY;
 use crate::retry::StateLog;
-use crate::seed::Seed;
 use crate::store::{Store, StoreError, Version};
 use crate::timefmt;
+
+/// The replicas' lease object, relative to the store prefix.
+pub const LEASE_KEY: &str = "usage/lease.json";
+
+/// Told whether this replica may act as leader, and in which term, on every change and renewal.
+pub type OnLeading = Arc<dyn Fn(Option<u64>) + Send + Sync>;
+
+/// Read at every write of the lease: the payload it carries (see [`Elector::with_payload`]).
+pub type Payload = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The lease object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +57,8 @@ pub struct LeaseRecord {
     pub ttl_ms: u64,
     /// Fresh on every write, so that bytes never repeat.
     pub nonce: String,
-    /// The cluster seed's bytes, as the holder knows them; empty if it knows none.
+    /// The holder's payload: for the replicas, the cluster seed's bytes as the holder knows
+    /// them; empty if it knows none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub seed: String,
     /// The holder's report interval in milliseconds, so a replica set differently notices.
@@ -118,10 +126,12 @@ pub struct Elector {
     store: Store,
     cfg: LeaseConfig,
     me: String,
-    health: Arc<Health>,
+    /// Told of leadership on every change and renewal (a replica's `/metrics`).
+    on_leading: Option<OnLeading>,
     clock: Clock,
     leading: watch::Sender<Option<Leading>>,
-    identity: Option<watch::Receiver<Seed>>,
+    /// What every write carries in its `seed` field; nothing when `None`.
+    payload: Option<Payload>,
     interval: Option<Duration>,
     key: &'static str,
     /// The other interval last logged, so a mismatch is logged once.
@@ -145,15 +155,15 @@ struct Observed {
 
 impl Elector {
     /// This replica (`me`, its instance ID) in the election on `store`.
-    pub fn new(store: Store, cfg: LeaseConfig, me: String, health: Arc<Health>) -> Self {
+    pub fn new(store: Store, cfg: LeaseConfig, me: String) -> Self {
         Elector {
             store,
             cfg,
             me,
-            health,
+            on_leading: None,
             clock: system_clock(),
             leading: watch::channel(None).0,
-            identity: None,
+            payload: None,
             interval: None,
             key: LEASE_KEY,
             mismatch: Arc::default(),
@@ -198,9 +208,17 @@ impl Elector {
         }
     }
 
-    /// Keeps the cluster seed this replica holds (and any later change of it) in every write.
-    pub fn with_identity(mut self, seed: watch::Receiver<Seed>) -> Self {
-        self.identity = Some(seed);
+    /// Keeps `payload()` in every write (the replicas: the cluster seed they hold, read at
+    /// each write so a later change of it is carried too).
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = Some(payload);
+        self
+    }
+
+    /// Calls `f` with the term while this replica may act as leader, `None` otherwise, at every
+    /// change and renewal.
+    pub fn on_leading(mut self, f: OnLeading) -> Self {
+        self.on_leading = Some(f);
         self
     }
 
@@ -257,7 +275,9 @@ impl Elector {
                 None => tracing::info!("no longer leader"),
             }
         }
-        self.health.set_leader(l.is_some(), l.map_or(0, |l| l.term));
+        if let Some(f) = &self.on_leading {
+            f(now);
+        }
     }
 
     fn record(&self, term: u64, acquired_at: Option<&str>) -> LeaseRecord {
@@ -269,11 +289,7 @@ impl Elector {
             renewed_at: now,
             ttl_ms: self.cfg.ttl.as_millis() as u64,
             nonce: uuid::Uuid::new_v4().simple().to_string(),
-            seed: self
-                .identity
-                .as_ref()
-                .map(|s| String::from_utf8_lossy(s.borrow().raw()).into_owned())
-                .unwrap_or_default(),
+            seed: self.payload.as_ref().map(|p| p()).unwrap_or_default(),
             interval_ms: self.interval.map_or(0, |d| d.as_millis() as u64),
         }
     }
@@ -532,7 +548,6 @@ mod tests {
             store.clone(),
             LeaseConfig::new(ttl),
             uuid::Uuid::new_v4().to_string(),
-            Arc::new(Health::default()),
         )
         .with_clock(clock)
     }
@@ -609,9 +624,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lease_request_volume_at_the_default_ttl() {
         let shared = Store::memory();
-        let ttl = crate::defaults::LEASE_TTL;
+        // The replicas' default `--lease-ttl`.
+        let ttl = Duration::from_secs(300);
+        // A clone per replica, each with its own request counts.
         let stores: Vec<_> = (0..3)
-            .map(|_| shared.clone().with_health(Arc::new(Health::default())))
+            .map(|_| Store::new(shared.backend().clone()))
             .collect();
         let leaders: Vec<_> = stores
             .iter()
@@ -624,15 +641,12 @@ mod tests {
         }
         // Settle, then count one hour.
         tokio::time::sleep(Duration::from_secs(600)).await;
-        let before: Vec<_> = stores
-            .iter()
-            .map(|s| s.health().store_requests_total())
-            .collect();
+        let before: Vec<_> = stores.iter().map(|s| s.requests().total()).collect();
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let per_hour: Vec<_> = stores
             .iter()
             .zip(&before)
-            .map(|(s, b)| s.health().store_requests_total() - b)
+            .map(|(s, b)| s.requests().total() - b)
             .collect();
         let leader_idx = leaders.iter().position(|l| l.term().is_some()).unwrap();
         for (i, n) in per_hour.iter().enumerate() {

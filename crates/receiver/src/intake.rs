@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::timefmt;
 
 /// The largest report accepted (1 MiB), as our replicas cap theirs.
-pub const MAX_BODY_BYTES: usize = crate::report::MAX_REPORT_BYTES;
+pub const MAX_BODY_BYTES: usize = crate::store::MAX_OBJECT_BYTES;
 /// How far in the future a slot may be: clocks differ, but not by this much.
 pub const MAX_FUTURE: chrono::Duration = chrono::Duration::minutes(10);
 /// How old a slot may be when it arrives. Our leader drops reports after six intervals, Tempo

@@ -139,6 +139,20 @@ pub fn format_duration(d: Duration) -> String {
         .collect()
 }
 
+/// A slot as a fixed-width key segment: nanoseconds since the epoch, zero-padded, so that
+/// names sort in time order.
+pub fn slot_key(slot: DateTime<Utc>) -> String {
+    format!("{:020}", slot.timestamp_nanos_opt().unwrap_or(0).max(0))
+}
+
+/// The slot of a 20-digit key.
+pub fn parse_slot_key(s: &str) -> Option<DateTime<Utc>> {
+    if s.len() != 20 {
+        return None;
+    }
+    s.parse::<i64>().ok().map(from_unix_nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

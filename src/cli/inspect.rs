@@ -18,7 +18,7 @@ use crate::timefmt;
 
 /// Why there is nothing to show.
 #[derive(Debug, thiserror::Error)]
-pub enum InspectError {
+pub(crate) enum InspectError {
     /// The object is not there.
     #[error("no {what} at {location}: no replica has run on this store yet (start one with reporter run --store pointing here), or --store names another bucket or prefix than the replicas'")]
     Absent {
@@ -82,7 +82,7 @@ fn failed(what: &'static str, store: &Store, source: StoreError) -> InspectError
 /// The seed, as `seed show` prints it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SeedView {
+pub(crate) struct SeedView {
     /// The seed's UID.
     #[serde(rename = "clusterID")]
     pub cluster_id: String,
@@ -96,7 +96,7 @@ pub struct SeedView {
 
 impl SeedView {
     /// The text form: one `name: value` line each.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let age = timefmt::format_duration(Duration::from_secs(self.age_seconds));
         let version = self
             .version
@@ -110,7 +110,7 @@ impl SeedView {
 }
 
 /// Reads the seed `name`.
-pub async fn seed(store: Store, name: &str) -> Result<SeedView, InspectError> {
+pub(crate) async fn seed(store: Store, name: &str) -> Result<SeedView, InspectError> {
     let what = "cluster seed";
     let location = format!("{}/{name}", store.describe());
     let keeper = SeedKeeper::new(store.clone(), name, BuildInfo::reporter());
@@ -142,7 +142,7 @@ pub async fn seed(store: Store, name: &str) -> Result<SeedView, InspectError> {
 /// The lease, as `lease show` prints it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LeaseView {
+pub(crate) struct LeaseView {
     /// The holder's instance ID; empty once released.
     pub holder: String,
     /// The fencing term.
@@ -161,7 +161,7 @@ pub struct LeaseView {
 
 impl LeaseView {
     /// The view of a record.
-    pub fn of(record: &LeaseRecord) -> Self {
+    pub(crate) fn of(record: &LeaseRecord) -> Self {
         let renewed = timefmt::parse_rfc3339(&record.renewed_at);
         let looks_expired = record.holder.is_empty()
             || renewed.is_none_or(|r| {
@@ -181,7 +181,7 @@ impl LeaseView {
     }
 
     /// The text form: one `name: value` line each.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let holder = if self.released {
             "(released)"
         } else {
@@ -203,7 +203,7 @@ impl LeaseView {
 }
 
 /// Reads the leader lease.
-pub async fn lease(store: Store) -> Result<LeaseView, InspectError> {
+pub(crate) async fn lease(store: Store) -> Result<LeaseView, InspectError> {
     let what = "leader lease";
     let location = format!("{}/{LEASE_KEY}", store.describe());
     let obj = match a_few_times(3, passing, async || store.get(LEASE_KEY).await).await {

@@ -26,7 +26,52 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::health::Health;
+/// Told of every store request's outcome: how a service (or the reporter's own `/metrics`)
+/// counts them without the store knowing who is counting.
+pub trait StoreObserver: Send + Sync {
+    /// One call answered: `op` is `get`, `create`, `update`, `list`, `put` or `delete`;
+    /// `outcome` is `ok` or the error's kind ([`StoreError::kind`]).
+    fn request(&self, op: &'static str, outcome: &'static str);
+}
+
+/// Requests by operation and outcome: every [`Store`] keeps these, shared by its clones.
+#[derive(Debug, Default)]
+pub struct RequestCounts(
+    std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+);
+
+impl RequestCounts {
+    /// Requests of `op` that ended in `outcome`.
+    pub fn get(&self, op: &str, outcome: &str) -> u64 {
+        self.0.lock().map_or(0, |m| {
+            m.iter()
+                .filter(|((o, r), _)| *o == op && *r == outcome)
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
+
+    /// Requests of any operation and outcome.
+    pub fn total(&self) -> u64 {
+        self.0.lock().map_or(0, |m| m.values().sum())
+    }
+
+    /// Every (operation, outcome) seen, with its count, sorted.
+    pub fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl StoreObserver for RequestCounts {
+    fn request(&self, op: &'static str, outcome: &'static str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry((op, outcome)).or_default() += 1;
+        }
+    }
+}
 
 /// The largest object the reporter reads; anything bigger is foreign or corrupted.
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
@@ -228,7 +273,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub struct Store {
     backend: Arc<dyn Backend>,
     timeout: Duration,
-    health: Arc<Health>,
+    /// Kept by every store, so tests and tools can count requests without an observer.
+    counts: Arc<RequestCounts>,
+    /// Whoever else wants to know (a replica's `/metrics`); `None` for nobody.
+    observer: Option<Arc<dyn StoreObserver>>,
 }
 
 impl fmt::Debug for Store {
@@ -249,7 +297,8 @@ impl Store {
         Store {
             backend,
             timeout: DEFAULT_TIMEOUT,
-            health: Arc::new(Health::default()),
+            counts: Arc::new(RequestCounts::default()),
+            observer: None,
         }
     }
 
@@ -264,9 +313,9 @@ impl Store {
         self
     }
 
-    /// Counts requests into `health`.
-    pub fn with_health(mut self, health: Arc<Health>) -> Self {
-        self.health = health;
+    /// Tells `observer` of every request from now on (this handle and its later clones).
+    pub fn with_observer(mut self, observer: Arc<dyn StoreObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -275,9 +324,14 @@ impl Store {
         self.timeout
     }
 
-    /// Where requests are counted.
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
+    /// This store's requests so far, by operation and outcome (its clones share them).
+    pub fn requests(&self) -> &RequestCounts {
+        &self.counts
+    }
+
+    /// The backend under this handle (to share it with new request counts, say).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
     /// Where the store points, for logs: never credentials.
@@ -303,7 +357,10 @@ impl Store {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
-        self.health.store_request(op, outcome);
+        self.counts.request(op, outcome);
+        if let Some(o) = &self.observer {
+            o.request(op, outcome);
+        }
         result
     }
 
@@ -383,7 +440,7 @@ impl Store {
 
 /// An error and its causes on one line: top-level messages alone often say only "Generic S3
 /// error" or "error sending request".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -399,7 +456,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Removes anything that looks like a query string or credentials from a message that may
 /// quote a URL (presigned URLs and SAS tokens carry secrets in the query).
-pub(crate) fn redact(message: &str) -> String {
+pub fn redact(message: &str) -> String {
     message
         .split(' ')
         .map(|word| {

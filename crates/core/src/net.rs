@@ -107,7 +107,8 @@ pub fn trusted(proxies: &[Cidr], ip: IpAddr) -> bool {
 
 /// Which header the trusted proxies write. Only that one is read: a client can send the other
 /// through a proxy that passes it on untouched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For` (nginx, HAProxy, AWS and GCP load balancers).
     #[default]

@@ -168,15 +168,14 @@ async fn probe(store: &Store, key: &str) -> Probe {
     Probe::Pass
 }
 
+/// The self-test's scratch keys, relative to the store prefix.
+pub const SELFTEST: &str = "usage/selftest/";
+
 /// Runs the self-test, retrying passing store failures with backoff (logging what the store
 /// said, once per kind of failure) until it passes, finds the store read-only, finds it
 /// unusable (unsafe, missing, or denying everything), or `shutdown` fires.
 pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<Access, SelfTestError> {
-    let key = format!(
-        "{}{}.json",
-        crate::layout::SELFTEST,
-        uuid::Uuid::new_v4().simple()
-    );
+    let key = format!("{}{}.json", SELFTEST, uuid::Uuid::new_v4().simple());
     let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(60));
     let mut log = StateLog::default();
     loop {

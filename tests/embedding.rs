@@ -1,0 +1,199 @@
+//! The library embedded as the README shows: a service's own axum router, its own
+//! `Arc<dyn ObjectStore>` (moto S3 where the test script started it, else object_store's
+//! memory store), its own tracing subscriber; three instances on one store.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use common::{eventually, Receiver};
+use object_store::ObjectStore;
+use usage_reporter::stats::Registry;
+use usage_reporter::{Replica, ReplicaBuilder, StartError};
+
+/// The service's own store: moto S3 under a fresh prefix, or one shared memory store.
+fn object_store() -> (Arc<dyn ObjectStore>, String) {
+    let prefix = format!("embedding-{}", uuid::Uuid::new_v4().simple());
+    let Ok(endpoint) = std::env::var("REPORTER_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs the S3 half: REPORTER_TEST_S3_ENDPOINT must be set"
+        );
+        return (Arc::new(object_store::memory::InMemory::new()), prefix);
+    };
+    let bucket = std::env::var("REPORTER_TEST_S3_BUCKET").unwrap_or("reporter-test".into());
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key(common::SECRET)
+        .build()
+        .expect("an S3 client for moto");
+    (Arc::new(s3), prefix)
+}
+
+/// One instance of the service: its own router with the report mounted, its own listener.
+async fn service(
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+    stats_url: &str,
+) -> (Replica, SocketAddr) {
+    let registry = Arc::new(Registry::new());
+    registry.counter("requests").unwrap().add(3);
+    let replica = ReplicaBuilder::new()
+        .object_store(store, prefix)
+        .target("querier")
+        .registry(registry)
+        .interval(Duration::from_secs(1))
+        .collect_delay(Duration::from_millis(300))
+        .lease_ttl(Duration::from_secs(1))
+        .retention(Duration::from_secs(3600))
+        .stats_url(stats_url.parse().unwrap())
+        .without_endpoint()
+        .start()
+        .await
+        .expect("starts");
+    let app = Router::new()
+        .route("/", get(|| async { "the service's own route\n" }))
+        .route("/status/usage-stats", replica.usage_stats())
+        .merge(replica.health_routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (replica, addr)
+}
+
+fn subscriber() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("usage_reporter=info")
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_their_own_store_and_router_deliver_every_report_once() {
+    subscriber();
+    let receiver = Receiver::start().await;
+    let (store, prefix) = object_store();
+    let mut services = Vec::new();
+    for _ in 0..3 {
+        services.push(service(store.clone(), &prefix, &receiver.url()).await);
+    }
+    let ids: Vec<String> = services
+        .iter()
+        .map(|(r, _)| r.instance_id().unwrap())
+        .collect();
+    // Each router serves its own live report and the service's own route beside it.
+    eventually(Duration::from_secs(30), "the seed known", || async {
+        services.iter().all(|(r, _)| r.cluster_id().is_some())
+    })
+    .await;
+    let cluster = services[0].0.cluster_id();
+    for ((replica, addr), id) in services.iter().zip(&ids) {
+        assert_eq!(replica.cluster_id(), cluster);
+        let report = common::get_json(*addr, "/status/usage-stats").await;
+        assert_eq!(report["instanceID"], id.as_str(), "{report}");
+        assert_eq!(report["clusterID"], cluster.as_deref().unwrap(), "{report}");
+        assert_eq!(report["metrics"]["requests"]["total"], 3, "{report}");
+        let own = common::get_text(*addr, "/").await;
+        assert_eq!(own, "the service's own route\n");
+    }
+    eventually(Duration::from_secs(30), "ready", || async {
+        let mut all = true;
+        for (_, addr) in &services {
+            let r = reqwest::get(format!("http://{addr}/ready")).await;
+            all &= r.is_ok_and(|r| r.status() == 200);
+        }
+        all
+    })
+    .await;
+    // One leader, and every report of every whole slot delivered once.
+    eventually(Duration::from_secs(60), "four slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 4
+    })
+    .await;
+    let leaders = services.iter().filter(|(r, _)| r.is_leader()).count();
+    assert!(leaders <= 1, "{leaders} leaders at once");
+    common::check_once_per_slot(&receiver.posts(), &ids, 4, "embedded");
+    for (replica, _) in services {
+        replica.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn object_stores_local_file_system_is_refused_at_start_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    let err = ReplicaBuilder::new()
+        .object_store(Arc::new(local), "usage")
+        .without_endpoint()
+        .start()
+        .await
+        .expect_err("LocalFileSystem cannot compare-and-swap");
+    assert!(matches!(err, StartError::NoConditionalWrites(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("LocalFileSystem"), "{message}");
+    assert!(message.contains("ReplicaBuilder::store"), "{message}");
+    // Nothing was written: the refusal comes before any store access.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_replica_stops_writing() {
+    subscriber();
+    let receiver = Receiver::start().await;
+    let (store, prefix) = object_store();
+    let (kept, _) = service(store.clone(), &prefix, &receiver.url()).await;
+    let (dropped, _) = service(store.clone(), &prefix, &receiver.url()).await;
+    let gone = dropped.instance_id().unwrap();
+    let reports = object_store::path::Path::from(format!("{prefix}/usage/reports"));
+    let slots_of = |id: String| {
+        let (store, reports) = (store.clone(), reports.clone());
+        async move {
+            use futures::TryStreamExt;
+            let all: Vec<_> = store.list(Some(&reports)).try_collect().await.unwrap();
+            let mut slots: Vec<String> = all
+                .iter()
+                .filter(|o| o.location.filename() == Some(&format!("{id}.json")))
+                .filter_map(|o| o.location.parts().nth(3).map(|p| p.as_ref().to_string()))
+                .collect();
+            slots.sort();
+            slots
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the dropped one writes",
+        || async { !slots_of(gone.clone()).await.is_empty() },
+    )
+    .await;
+    drop(dropped);
+    // Give the tasks a slot to notice, then the survivor keeps writing and the other does not.
+    let mut before = slots_of(gone.clone()).await;
+    let kept_id = kept.instance_id().unwrap();
+    let at_drop = slots_of(kept_id.clone()).await.len();
+    eventually(Duration::from_secs(30), "three more slots kept", || async {
+        slots_of(kept_id.clone()).await.len() >= at_drop + 3
+    })
+    .await;
+    let after = slots_of(gone.clone()).await;
+    // At most the slot being frozen as it was dropped.
+    before.sort();
+    assert!(
+        after.len() <= before.len() + 1,
+        "a dropped replica kept writing: {} slots at drop, {} now",
+        before.len(),
+        after.len()
+    );
+    let posts_after = receiver.posts();
+    assert!(posts_after
+        .iter()
+        .any(|p| common::key(p).2 == kept_id.as_str()));
+    kept.shutdown().await;
+}
