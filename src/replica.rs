@@ -204,6 +204,7 @@ impl std::error::Error for OptionError {}
 
 /// Everything `reporter run` can set. Defaults are in [`crate::defaults`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// The store URL or path.
     pub store: String,

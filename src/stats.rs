@@ -327,6 +327,7 @@ impl WordCounter {
 
 /// One registered metric.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Metric {
     /// A string.
     String(Arc<StringVar>),
@@ -373,6 +374,7 @@ fn float_value(f: f64) -> Value {
 
 /// A name is already registered as another kind, or is one the reporter reserves.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// The name is taken by a metric of another kind.
     #[error("usage metric {name:?} is already registered as a {existing}, not a {requested}")]

@@ -49,6 +49,7 @@ pub(crate) struct Parts {
 
 /// Why a running replica stopped working for good; nothing retries past these.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Fatal {
     /// The store does not honour conditional writes.
     #[error(transparent)]

@@ -35,6 +35,7 @@ impl std::fmt::Debug for ClusterKey {
 
 /// Why an object or a header is not a key or a signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SignatureError {
     /// The header is not `ed25519 key=<hex> sig=<hex>`.
     #[error("the Reporter-Signature header is not \"ed25519 key=<64 hex> sig=<128 hex>\"")]

@@ -152,6 +152,7 @@ impl Default for ReceiverOptions {
 
 /// Why a receiver could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReceiveError {
     /// The store URL or its options are wrong.
     #[error(transparent)]

@@ -108,6 +108,7 @@ pub struct Object {
 /// What went wrong with a store call. Only `NotFound`, `AlreadyExists` and `Precondition` are
 /// answers about the object; every other variant says nothing about its content.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// No object at the key.
     #[error("{key}: not found")]

@@ -34,6 +34,7 @@ use super::Store;
 
 /// Why a store could not be opened. Always a problem with the arguments or environment.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// No URL or path at all.
     #[error("the store URL is empty")]

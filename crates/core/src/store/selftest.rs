@@ -16,6 +16,7 @@ use crate::retry::{backoff, sleep_or_stop, StateLog};
 
 /// Why the self-test refused the store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SelfTestError {
     /// A second create-if-absent succeeded.
     #[error("the store at {store} ignores create-if-absent (a second create of {key} succeeded); refusing to run the seed race and leader election on it")]
