@@ -87,11 +87,11 @@ measure() { # name -> "crates seconds bytes"
 for i in $(seq 1 "$runs"); do
   for name in floor embedder; do
     log "run $i: $name"
-    echo "$name $(measure "$name")" >>"$work/results"
+    echo "$name $(measure "$name")" | tee -a "$work/results" >&2
   done
 done
 # Forbidden crates in the embedder's tree.
-forbidden="$(cd "$work/embedder" && cargo tree -e normal --prefix none | grep -E '^(parquet|arrow-[a-z]+|clap|tracing-subscriber|flatbuffers) ' | sort -u | tr '\n' ' ')"
+forbidden="$(cd "$work/embedder" && cargo tree -e normal --prefix none | { grep -E '^(parquet|arrow-[a-z]+|clap|tracing-subscriber|flatbuffers) ' || true; } | sort -u | tr '\n' ' ')"
 
 awk -v forbidden="$forbidden" '
   { n[$1]=$2; t[$1]=t[$1] " " $3; if (!($1 in tmin) || $3<tmin[$1]) tmin[$1]=$3; if ($3>tmax[$1]) tmax[$1]=$3;
