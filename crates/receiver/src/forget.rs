@@ -237,22 +237,22 @@ fn without(
     cluster: &str,
     removed: &mut Removed,
 ) -> Result<Option<Option<Vec<u8>>>, RollupError> {
-    let failed = |e: &dyn std::fmt::Display| RollupError::Parquet(e.to_string());
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| failed(&e))?;
+        .map_err(crate::rollup::parquet_error)?;
     let schema = builder.schema().clone();
-    let reader = builder.build().map_err(|e| failed(&e))?;
+    let reader = builder.build().map_err(crate::rollup::parquet_error)?;
     let mut kept = Vec::new();
     let mut any = false;
     for batch in reader {
-        let batch = batch.map_err(|e| failed(&e))?;
+        let batch = batch.map_err(crate::rollup::parquet_error)?;
         let column = |name: &str| -> Option<&StringArray> {
             batch
                 .column_by_name(name)?
                 .as_any()
                 .downcast_ref::<StringArray>()
         };
-        let ids = column("clusterID").ok_or_else(|| failed(&"no clusterID column"))?;
+        let ids = column("clusterID")
+            .ok_or_else(|| RollupError::Parquet("no clusterID column".into()))?;
         let keep: BooleanArray = (0..ids.len())
             .map(|i| Some(ids.is_null(i) || ids.value(i) != cluster))
             .collect();
@@ -270,8 +270,8 @@ fn without(
                 *map.entry(v).or_default() += 1;
             }
         }
-        let left =
-            arrow_select::filter::filter_record_batch(&batch, &keep).map_err(|e| failed(&e))?;
+        let left = arrow_select::filter::filter_record_batch(&batch, &keep)
+            .map_err(crate::rollup::parquet_error)?;
         if left.num_rows() > 0 {
             kept.push(left);
         }

@@ -53,9 +53,9 @@ pub enum RollupError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A Parquet file could not be written or read.
-    #[error("cannot write Parquet: {0}")]
-    Parquet(String),
+    /// A Parquet file could not be written or read; the source is parquet's or arrow's error.
+    #[error("cannot write or read Parquet: {0}")]
+    Parquet(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A state or summary object is not what this version writes.
     #[error("{key} is corrupted: {why}")]
     Corrupted {
@@ -468,9 +468,13 @@ fn metrics_parquet(rows: &[Row]) -> Result<Vec<u8>, RollupError> {
         Arc::new(StringArray::from(texts)),
         Arc::new(Float64Array::from(numbers)),
     ];
-    let batch = RecordBatch::try_new(Arc::new(metrics_schema()), columns)
-        .map_err(|e| RollupError::Parquet(e.to_string()))?;
+    let batch = RecordBatch::try_new(Arc::new(metrics_schema()), columns).map_err(parquet_error)?;
     write_parquet(std::slice::from_ref(&batch), batch.schema())
+}
+
+/// A parquet or arrow error, its source kept.
+pub(crate) fn parquet_error(e: impl std::error::Error + Send + Sync + 'static) -> RollupError {
+    RollupError::Parquet(Box::new(e))
 }
 
 /// Writes record batches as one Parquet file, as every rollup file is written.
@@ -478,17 +482,16 @@ pub(crate) fn write_parquet(
     batches: &[RecordBatch],
     schema: Arc<Schema>,
 ) -> Result<Vec<u8>, RollupError> {
-    let failed = |e: &dyn std::fmt::Display| RollupError::Parquet(e.to_string());
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .build();
     let mut buf = Vec::new();
     let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props))
-        .map_err(|e| failed(&e))?;
+        .map_err(parquet_error)?;
     for batch in batches {
-        writer.write(batch).map_err(|e| failed(&e))?;
+        writer.write(batch).map_err(parquet_error)?;
     }
-    writer.close().map_err(|e| failed(&e))?;
+    writer.close().map_err(parquet_error)?;
     Ok(buf)
 }
 
@@ -525,8 +528,7 @@ fn parquet(rows: &[Row]) -> Result<Vec<u8>, RollupError> {
         time(&|r| r.received_at),
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.signed)))),
     ];
-    let batch = RecordBatch::try_new(Arc::new(schema()), columns)
-        .map_err(|e| RollupError::Parquet(e.to_string()))?;
+    let batch = RecordBatch::try_new(Arc::new(schema()), columns).map_err(parquet_error)?;
     write_parquet(std::slice::from_ref(&batch), batch.schema())
 }
 
