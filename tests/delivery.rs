@@ -327,6 +327,8 @@ async fn receiver_down_past_the_age_bound_drops_and_counts_old_reports() {
     };
     let procs: Vec<_> = (0..2).map(|_| Proc::run(&bucket, &args(&url))).collect();
     let addrs: Vec<_> = procs.iter().map(|p| p.addr()).collect();
+    // An absence window: nine 1 s slots with the receiver down, four and a half age bounds,
+    // during which nothing may pile up.
     tokio::time::sleep(Duration::from_secs(9)).await;
     // Nothing piles up: at most the reports younger than the age bound, plus the slot in progress.
     let kept = kept_reports(&bucket);
@@ -384,6 +386,7 @@ async fn a_paused_leader_does_not_act_when_it_resumes() {
         }
         assert!(taken, "nobody took over from a stopped leader");
         procs[leader].signal(libc::SIGCONT);
+        // An absence window: the resumed process must not act as leader in the next two TTLs.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -254,6 +254,7 @@ async fn without_a_stats_url_reports_expire_quietly() {
     );
     let addr = p.addr();
     wait_seed_known(addr).await;
+    // An absence window: seven slots, three retentions, in which no WARN may be logged.
     tokio::time::sleep(Duration::from_secs(7)).await;
     let log = p.log();
     assert!(!log.contains("WARN"), "{log}");
@@ -358,6 +359,7 @@ fn json_logs_parse_line_by_line_and_levels_apply() {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
+        // An absence window: no info line may be logged in the first two seconds of a run.
         std::thread::sleep(Duration::from_secs(2));
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
@@ -400,6 +402,7 @@ async fn a_replica_with_another_interval_is_noticed_once() {
         ],
     );
     b.addr();
+    // An absence window: five lease reads by b, and the mismatch logged once, not five times.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let log = b.log();
     assert_eq!(
@@ -500,6 +503,7 @@ async fn seed_and_lease_json_share_a_key_style_and_a_release_keeps_the_acquisiti
     .await;
     let (_, out, _) = common::reporter(&["lease", "show", "--json", "--store", &bucket.url]);
     let held: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Pacing: renewals in between, so that a release keeping the acquisition time is seen.
     tokio::time::sleep(Duration::from_secs(1)).await;
     p.signal(libc::SIGTERM);
     p.wait_exit(Duration::from_secs(10));

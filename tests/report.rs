@@ -222,6 +222,7 @@ async fn counter_rate_is_measured_and_reads_change_nothing() {
     let c = registry.counter("requests").unwrap();
     c.add(500);
     let started = std::time::Instant::now();
+    // Pacing, not a wait for a condition: the rate needs at least the 0.5 s the bound uses.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut last_rate = f64::MAX;
     for _ in 0..5 {
@@ -466,6 +467,8 @@ async fn disabled_reporting_touches_neither_store_nor_network() {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "usage-stats is not enabled");
+        // An absence window: two slots and more, in which a disabled replica must touch
+        // neither the store nor the trap receiver.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         p.signal(libc::SIGTERM);
         assert_eq!(

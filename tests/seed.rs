@@ -240,6 +240,7 @@ fn run_against_an_unreachable_store_retries_quietly_and_claims_no_corruption() {
     args.extend(common::unreachable_s3_args());
     let mut p = Proc::spawn(&args);
     p.addr();
+    // An absence window: four seconds of retries in which nothing may claim corruption.
     std::thread::sleep(Duration::from_secs(4));
     p.signal(libc::SIGTERM);
     let status = p
