@@ -63,8 +63,10 @@ pub mod slots;
 pub mod stats;
 mod tasks;
 
+#[cfg(feature = "cli")]
+pub(crate) use usage_reporter_core::net;
 pub use usage_reporter_core::store;
-pub(crate) use usage_reporter_core::{lease, net, retry, signing, timefmt};
+pub(crate) use usage_reporter_core::{lease, retry, signing, timefmt};
 
 pub use build_info::BuildInfo;
 pub use replica::{
