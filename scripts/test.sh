@@ -69,10 +69,11 @@ wait_http "http://127.0.0.1:$az_port/devstoreaccount1?comp=list" Azurite "${pids
 python3 scripts/azurite_container.py "http://127.0.0.1:$az_port/devstoreaccount1" reporter-test
 log "Azurite (Azure Blob) on 127.0.0.1:$az_port, container reporter-test"
 
-# --- DuckDB (PyPI) reads the Parquet rollups back; Chromium (Debian) renders the dashboard -----
-if ! "$cache/venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-  log "installing duckdb into $cache/venv"
-  "$cache/venv/bin/pip" install -q duckdb
+# --- DuckDB (PyPI) reads the Parquet rollups back, prometheus-client (PyPI) parses /metrics as
+# --- strict OpenMetrics; Chromium (Debian) renders the dashboard -----------------------------
+if ! "$cache/venv/bin/python" -c 'import duckdb, prometheus_client.openmetrics.parser' 2>/dev/null; then
+  log "installing duckdb and prometheus-client into $cache/venv"
+  "$cache/venv/bin/pip" install -q duckdb prometheus-client
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   log "installing Debian's chromium (needs root)"

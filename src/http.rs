@@ -2,7 +2,7 @@
 //!
 //! - `GET /status/usage-stats`: this replica's live report as JSON. Reading it never resets a
 //!   counter. With reporting disabled: 200 and the text `usage-stats is not enabled`.
-//! - `GET /metrics`: the reporter's own health in Prometheus text format.
+//! - `GET /metrics`: the reporter's own health in OpenMetrics text (Prometheus reads it).
 //! - `GET /healthz`: 200 while the process serves. `GET /ready`: 200 once the seed is known and
 //!   the store answered recently, 503 with the reason otherwise.
 //!
@@ -45,7 +45,7 @@ async fn metrics(State(health): State<Arc<Health>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            usage_reporter_core::metrics::CONTENT_TYPE,
         )],
         health.render(),
     )

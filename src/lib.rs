@@ -68,6 +68,10 @@ pub(crate) use usage_reporter_core::net;
 pub use usage_reporter_core::store;
 pub(crate) use usage_reporter_core::{lease, retry, signing, timefmt};
 
+/// The prometheus-client crate the reporter's own metrics are registered with
+/// ([`ReporterMetrics::register`]), re-exported so a service uses the same version.
+pub use prometheus_client;
+
 pub use build_info::BuildInfo;
 pub use replica::{
     OptionError, Options, Replica, ReplicaBuilder, ReporterMetrics, Setting, StartError,

@@ -552,6 +552,7 @@ impl ReplicaBuilder {
         }
         .with_timeout(deadline)
         .with_observer(health.clone());
+        health.count_store(store.requests().clone());
         // Every replica reads or writes the lease at least every 4/5 of its TTL.
         health.set_ready_window(o.lease_ttl * 2);
         let user_agent = crate::build_info::user_agent(&self.build);
@@ -651,14 +652,34 @@ pub struct Replica {
     watched: Arc<AtomicBool>,
 }
 
-/// The reporter's own metrics (`usage_reporter_*`: leadership, store requests, deliveries),
-/// read at each [`render`](Self::render). Cloning it is cheap.
+/// The reporter's own metrics (`usage_reporter_*`: readiness, leadership, store requests by
+/// operation and outcome, reports written, delivered, failed and dropped, delivery latency).
+/// Cloning it is cheap.
+///
+/// Register them in the service's own prometheus-client registry, so that its scrape shows
+/// them beside its own families:
+///
+/// ```no_run
+/// # async fn demo(replica: usage_reporter::Replica) {
+/// use usage_reporter::prometheus_client::registry::Registry;
+///
+/// let mut registry = Registry::default();
+/// // ... the service registers its own families ...
+/// replica.metrics().register(&mut registry);
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ReporterMetrics(Arc<Health>);
 
 impl ReporterMetrics {
-    /// The families in Prometheus text format (0.0.4), each with its HELP and TYPE lines, to
-    /// append to the service's own.
+    /// Registers every `usage_reporter_*` family in `registry`: live handles, not copies.
+    /// Register one replica once per registry (twice would show each family twice).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.0.register(registry);
+    }
+
+    /// The families alone in OpenMetrics text, `# EOF` included: what the replica's own
+    /// `/metrics` serves, for a service without a prometheus-client registry.
     pub fn render(&self) -> String {
         self.0.render()
     }

@@ -59,8 +59,28 @@ async fn service(
         .start()
         .await
         .expect("starts");
+    // The service's own Prometheus registry, with the reporter's families registered beside
+    // its own, served on its own `/metrics`.
+    let mut metrics = usage_reporter::prometheus_client::registry::Registry::default();
+    let served: usage_reporter::prometheus_client::metrics::counter::Counter = Default::default();
+    metrics.register("service_pages", "Pages the service served", served.clone());
+    replica.metrics().register(&mut metrics);
+    let metrics = Arc::new(metrics);
     let app = Router::new()
         .route("/", get(|| async { "the service's own route\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let (metrics, served) = (metrics.clone(), served.clone());
+                async move {
+                    served.inc();
+                    let mut text = String::new();
+                    usage_reporter::prometheus_client::encoding::text::encode(&mut text, &metrics)
+                        .unwrap();
+                    text
+                }
+            }),
+        )
         .route("/status/usage-stats", replica.usage_stats())
         .merge(replica.health_routes());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -121,6 +141,29 @@ async fn three_instances_on_their_own_store_and_router_deliver_every_report_once
     let leaders = services.iter().filter(|(r, _)| r.is_leader()).count();
     assert!(leaders <= 1, "{leaders} leaders at once");
     common::check_once_per_slot(&receiver.posts(), &ids, 4, "embedded");
+    // The service's own `/metrics` shows its families and the reporter's: store requests are
+    // counted, the instances delivered reports (never more than the receiver got since), and
+    // a real OpenMetrics client reads it all.
+    let mut delivered = 0;
+    for (_, addr) in &services {
+        let text = common::get_text(*addr, "/metrics").await;
+        assert!(text.contains("service_pages_total "), "{text}");
+        assert!(
+            common::metric_sum(&text, "usage_reporter_store_requests_total") > 0,
+            "{text}"
+        );
+        delivered += common::metric_sum(&text, "usage_reporter_reports_delivered_total");
+        if let Some(families) = common::openmetrics(&text) {
+            assert!(families
+                .iter()
+                .any(|f| f["name"] == "usage_reporter_leader"));
+        }
+    }
+    let posts = receiver.posts().len() as u64;
+    assert!(
+        delivered > 0 && delivered <= posts,
+        "{delivered} delivered, {posts} received"
+    );
     for (replica, _) in services {
         replica.shutdown().await;
     }

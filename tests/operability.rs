@@ -435,7 +435,7 @@ async fn metrics_carry_build_info_and_the_last_delivery_time() {
         "{before}"
     );
     assert!(
-        before.contains("usage_reporter_last_delivery_timestamp_seconds 0\n"),
+        before.contains("usage_reporter_last_delivery_timestamp_seconds 0.0\n"),
         "{before}"
     );
     common::eventually(Duration::from_secs(10), "a delivery", || async {
@@ -446,7 +446,7 @@ async fn metrics_carry_build_info_and_the_last_delivery_time() {
     common::eventually(Duration::from_secs(10), "the delivery time set", || async {
         !metrics(addr)
             .await
-            .contains("usage_reporter_last_delivery_timestamp_seconds 0\n")
+            .contains("usage_reporter_last_delivery_timestamp_seconds 0.0\n")
     })
     .await;
     let text = metrics(addr).await;
@@ -457,17 +457,26 @@ async fn metrics_carry_build_info_and_the_last_delivery_time() {
         .unwrap();
     let now = chrono::Utc::now().timestamp() as f64;
     assert!((now - last).abs() < 30.0, "{last} vs {now}");
-    // Every sample line is `name{labels} number`, every family has HELP and TYPE.
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let value = line.rsplit(' ').next().unwrap();
-        assert!(value.parse::<f64>().is_ok(), "{line}");
-        let name = line.split(['{', ' ']).next().unwrap();
-        let family = name
-            .trim_end_matches("_bucket")
-            .trim_end_matches("_sum")
-            .trim_end_matches("_count");
-        assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
-        assert!(text.contains(&format!("# HELP {family} ")), "{line}");
+    // A real OpenMetrics client reads it all, and finds each family with its type.
+    if let Some(families) = common::openmetrics(&text) {
+        let kind = |name: &str| {
+            families
+                .iter()
+                .find(|f| f["name"] == name)
+                .map(|f| f["type"].as_str().unwrap_or_default().to_string())
+        };
+        let expected = [
+            ("usage_reporter_build", "info"),
+            ("usage_reporter_ready", "gauge"),
+            ("usage_reporter_leader", "gauge"),
+            ("usage_reporter_last_delivery_timestamp_seconds", "gauge"),
+            ("usage_reporter_store_requests", "counter"),
+            ("usage_reporter_reports_delivered", "counter"),
+            ("usage_reporter_delivery_latency_seconds", "histogram"),
+        ];
+        for (name, want) in expected {
+            assert_eq!(kind(name).as_deref(), Some(want), "{name} in {text}");
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use common::rx::{duckdb, get, post, receiver, report, uuid};
 use serde_json::{json, Value};
 
 const SECRET: &str = "host-4.secret.internal";
+/// A value shared by 6 clusters that tries to break out of its label's quotes on `/metrics`.
+const HOSTILE: &str = "x\"} 1\nreporter_insights_active_clusters 999\n# \\";
 
 /// Cluster `i`'s report from replica `r` of its slot `hours_ago` back.
 fn synthetic(
@@ -34,6 +36,7 @@ fn synthetic(
         "ring_replication_factor": if i < 15 { 3 } else { 1 },
         "distributor_bytes_received": {"total": 1000 * (i + 1), "rate": 0.5},
         "memstats": {"heap_inuse": 1_000_000 + i * 1000},
+        "ingest_mode": if i < 6 { HOSTILE } else { "plain" },
     });
     rep
 }
@@ -155,6 +158,36 @@ async fn insights_count_clusters_once_exactly_and_never_show_a_value_few_share()
         !exported.contains("memstats.heap_inuse"),
         "20 distinct numbers are not categories"
     );
+    // A real OpenMetrics client reads the export whole: the hostile value is one label value,
+    // exactly as sent, and the series it tried to forge is not there.
+    if let Some(families) = common::openmetrics(&exported) {
+        let family = |name: &str| {
+            families
+                .iter()
+                .find(|f| f["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {exported}"))
+                .clone()
+        };
+        let active = family("reporter_insights_active_clusters");
+        assert_eq!(
+            active["samples"].as_array().map(Vec::len),
+            Some(1),
+            "{active}"
+        );
+        assert_eq!(active["samples"][0]["value"], 20.0);
+        let by_value = family("reporter_insights_metric_clusters");
+        let hostile: Vec<&Value> = by_value["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["labels"]["key"] == "ingest_mode" && s["labels"]["value"] == HOSTILE)
+            .collect();
+        assert_eq!(hostile.len(), 1, "{by_value}");
+        assert_eq!(hostile[0]["value"], 6.0);
+        let own = family("reporter_receiver_reports_stored");
+        assert_eq!(own["type"], "counter");
+        assert_eq!(own["samples"][0]["value"], 39.0, "{own}");
+    }
     // The trend: today's (or, near midnight, yesterday's) slots hold all 20 clusters.
     let busiest = flag["days"]
         .as_array()

@@ -639,6 +639,44 @@ pub async fn metrics(addr: SocketAddr) -> String {
     }
 }
 
+/// `/metrics` text as a real OpenMetrics client reads it (the strict parser of PyPI's
+/// `prometheus-client`, which refuses a missing `# EOF`, a bad suffix or a bad escape): its
+/// families, each `{"name", "type", "samples": [{"name", "labels", "value"}]}`. `None` when
+/// no Python is configured (the test script always configures it).
+pub fn openmetrics(text: &str) -> Option<Vec<serde_json::Value>> {
+    let python = rx::python("OpenMetrics checks")?;
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"name": f.name, "type": f.type, "samples": [
+        {"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not OpenMetrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 /// The sum of a metric's samples in Prometheus text, over all its labels.
 pub fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()

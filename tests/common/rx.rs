@@ -166,19 +166,26 @@ pub fn fixture(name: &str, hours_ago: i64) -> String {
         .replace("INTERVAL", &slot)
 }
 
-/// Runs a DuckDB query over the bucket's Parquet files; `None` when no Python with duckdb is
-/// configured (the test script always configures it).
-pub fn duckdb(dir: &Path, sql: &str) -> Option<Value> {
-    let python = match std::env::var("REPORTER_TEST_PYTHON") {
-        Ok(p) => p,
+/// The Python with duckdb and prometheus-client that the test script installs; `None` (the
+/// checks of `what` skipped, and said so) when it is not configured, unless the backends are
+/// required.
+pub fn python(what: &str) -> Option<String> {
+    match std::env::var("REPORTER_TEST_PYTHON") {
+        Ok(p) => Some(p),
         Err(_) if std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_ok() => {
             panic!("REPORTER_TEST_PYTHON is not set: run scripts/test.sh")
         }
         Err(_) => {
-            eprintln!("SKIPPED: DuckDB checks: REPORTER_TEST_PYTHON is not set");
-            return None;
+            eprintln!("SKIPPED: {what}: REPORTER_TEST_PYTHON is not set");
+            None
         }
-    };
+    }
+}
+
+/// Runs a DuckDB query over the bucket's Parquet files; `None` when no Python with duckdb is
+/// configured (the test script always configures it).
+pub fn duckdb(dir: &Path, sql: &str) -> Option<Value> {
+    let python = python("DuckDB checks")?;
     let script = r#"
 import duckdb, json, sys
 con = duckdb.connect()

@@ -9,15 +9,15 @@
 //!   of client-go's `leaderelection` (its clock model is in the module's doc);
 //! - [`serve`]: the bounded HTTP server of both a replica's endpoint and the receiver;
 //! - [`signing`]: the Ed25519 signature a cluster puts on its reports and the receiver checks;
-//! - [`retry`], [`timefmt`], [`clock`], [`net`], [`histogram`]: the small parts under them.
+//! - [`retry`], [`timefmt`], [`clock`], [`net`], [`metrics`]: the small parts under them.
 //!
 //! Most services want `usage-reporter` itself, not this crate.
 
 #![warn(missing_docs)]
 
 pub mod clock;
-pub mod histogram;
 pub mod lease;
+pub mod metrics;
 pub mod net;
 pub mod retry;
 pub mod serve;

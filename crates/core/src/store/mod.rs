@@ -34,10 +34,12 @@ pub trait StoreObserver: Send + Sync {
     fn request(&self, op: &'static str, outcome: &'static str);
 }
 
-/// Requests by operation and outcome: every [`Store`] keeps these, shared by its clones.
-#[derive(Debug, Default)]
+/// Requests by operation and outcome: every [`Store`] keeps these, shared by its clones (and
+/// by clones of this handle). It is a prometheus-client metric, a counter family labelled
+/// `operation` and `outcome`, so `/metrics` shows these very counts.
+#[derive(Clone, Debug, Default)]
 pub struct RequestCounts(
-    std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>>,
 );
 
 impl RequestCounts {
@@ -63,13 +65,36 @@ impl RequestCounts {
             .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default()
     }
-}
 
-impl StoreObserver for RequestCounts {
-    fn request(&self, op: &'static str, outcome: &'static str) {
+    fn count(&self, op: &'static str, outcome: &'static str) {
         if let Ok(mut m) = self.0.lock() {
             *m.entry((op, outcome)).or_default() += 1;
         }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for RequestCounts {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        for ((operation, outcome), n) in self.snapshot() {
+            let labels = [("operation", operation), ("outcome", outcome)];
+            prometheus_client::encoding::EncodeMetric::encode(
+                &ConstCounter::new(n),
+                encoder.encode_family(&labels)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total() == 0
     }
 }
 
@@ -274,8 +299,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub struct Store {
     backend: Arc<dyn Backend>,
     timeout: Duration,
-    /// Kept by every store, so tests and tools can count requests without an observer.
-    counts: Arc<RequestCounts>,
+    /// Kept by every store: what `/metrics` shows, and what tests and tools count.
+    counts: RequestCounts,
     /// Whoever else wants to know (a replica's `/metrics`); `None` for nobody.
     observer: Option<Arc<dyn StoreObserver>>,
 }
@@ -298,7 +323,7 @@ impl Store {
         Store {
             backend,
             timeout: DEFAULT_TIMEOUT,
-            counts: Arc::new(RequestCounts::default()),
+            counts: RequestCounts::default(),
             observer: None,
         }
     }
@@ -358,7 +383,7 @@ impl Store {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
-        self.counts.request(op, outcome);
+        self.counts.count(op, outcome);
         if let Some(o) = &self.observer {
             o.request(op, outcome);
         }
