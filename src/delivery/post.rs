@@ -27,9 +27,10 @@ pub(crate) enum PostError {
     /// Any other status but a 2xx.
     #[error("the receiver answered {0}")]
     Status(reqwest::StatusCode),
-    /// No answer: connection, timeout, TLS; with its causes.
-    #[error("the request failed: {0}")]
-    Request(String),
+    /// No answer: connection, timeout, TLS. The source has no URL (a stats URL may carry a
+    /// token); the message adds its causes, redacted.
+    #[error("the request failed: {}", crate::store::redact(&crate::store::error_chain(.0)))]
+    Request(#[source] reqwest::Error),
     /// Leadership was lost before the POST.
     #[error("no longer leader")]
     NotLeader,
@@ -119,7 +120,7 @@ impl Delivery {
                 Ok(resp) if resp.status().is_success() => return Ok(started.elapsed()),
                 Ok(resp) if resp.status().is_redirection() => PostError::Redirect(resp.status()),
                 Ok(resp) => PostError::Status(resp.status()),
-                Err(e) => PostError::Request(crate::store::redact(&crate::store::error_chain(&e))),
+                Err(e) => PostError::Request(e.without_url()),
             };
             self.health.report_failed();
         }

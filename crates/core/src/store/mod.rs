@@ -480,6 +480,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     message.replace('\n', " ")
 }
 
+/// An error whose text may have quoted a credential (a presigned URL, a SAS token, a
+/// `user:password@`): its message and causes, redacted, are kept; the original is dropped, so
+/// that no walk of the source chain can print what was redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redacted(String);
+
+impl Redacted {
+    /// `error` and its causes, redacted.
+    pub fn new(error: &dyn std::error::Error) -> Self {
+        Redacted(redact(&error_chain(error)))
+    }
+}
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Redacted {}
+
 /// Removes anything that looks like a query string or credentials from a message that may
 /// quote a URL (presigned URLs and SAS tokens carry secrets in the query).
 pub fn redact(message: &str) -> String {

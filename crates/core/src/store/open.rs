@@ -40,12 +40,18 @@ pub enum OpenError {
     #[error("the store URL is empty")]
     Empty,
     /// Not a URL.
-    #[error("{url:?} is not a valid store URL: {reason}")]
+    #[error("{url:?} is not a valid store URL: {source}")]
     BadUrl {
         /// The URL, credentials redacted.
         url: String,
         /// What the parser said.
-        reason: String,
+        source: url::ParseError,
+    },
+    /// A `file://` URL without an absolute path.
+    #[error("{url:?} is not a valid store URL: a file URL needs an absolute path, like file:///var/lib/reporter")]
+    FileUrlNotAbsolute {
+        /// The URL, credentials redacted.
+        url: String,
     },
     /// A URL of another kind.
     #[error("store scheme {scheme:?} is not supported; use a path, file://, memory://, s3://, gs:// or az://")]
@@ -68,12 +74,12 @@ pub enum OpenError {
     #[error("store option {0:?} has no effect on local directories or memory://")]
     OptionForLocal(String),
     /// The client refused its configuration.
-    #[error("cannot configure the {scheme} store: {reason}")]
+    #[error("cannot configure the {scheme} store: {source}")]
     Build {
         /// The store's scheme.
         scheme: &'static str,
-        /// What the client said.
-        reason: String,
+        /// What the client said, redacted: its text may quote a URL with a credential.
+        source: super::Redacted,
     },
     /// A cloud URL without its bucket or container.
     #[error("{scheme}:// needs a bucket or container: {scheme}://BUCKET/prefix")]
@@ -82,8 +88,8 @@ pub enum OpenError {
         scheme: String,
     },
     /// A local store path that exists and is not a directory.
-    #[error("{0} exists and is not a directory")]
-    NotADirectory(String),
+    #[error("{} exists and is not a directory", .0.display())]
+    NotADirectory(std::path::PathBuf),
     /// A store whose client this build leaves out.
     #[error(
         "{scheme}:// stores are not in this build; rebuild with the Cargo feature {feature:?}"
@@ -96,7 +102,7 @@ pub enum OpenError {
     },
     /// The working directory could not be read.
     #[error("cannot resolve the store path: {0}")]
-    Path(String),
+    Path(#[source] std::io::Error),
 }
 
 impl OpenError {
@@ -188,7 +194,7 @@ macro_rules! configure {
         }
         builder.build().map_err(|e| OpenError::Build {
             scheme: $scheme,
-            reason: super::redact(&e.to_string()),
+            source: super::Redacted::new(&e),
         })?
     }};
 }
@@ -215,26 +221,26 @@ pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError
         Ok(store)
     };
     let local = |path: std::path::PathBuf| {
-        let dir = LocalDir::new(path).map_err(|e| OpenError::Path(e.to_string()))?;
+        let dir = LocalDir::new(path).map_err(OpenError::Path)?;
         if dir.root().exists() && !dir.root().is_dir() {
-            return Err(OpenError::NotADirectory(dir.root().display().to_string()));
+            return Err(OpenError::NotADirectory(dir.root().to_path_buf()));
         }
         local_only(Store::new(Arc::new(dir)))
     };
     if !spec.contains("://") {
         return local(spec.into());
     }
-    let url = Url::parse(spec).map_err(|e| OpenError::BadUrl {
+    let url = Url::parse(spec).map_err(|source| OpenError::BadUrl {
         url: super::redact(spec),
-        reason: e.to_string(),
+        source,
     })?;
     match url.scheme() {
         "file" => {
-            let path = url.to_file_path().map_err(|_| OpenError::BadUrl {
-                url: spec.to_string(),
-                reason: "a file URL needs an absolute path, like file:///var/lib/reporter"
-                    .to_string(),
-            })?;
+            let path = url
+                .to_file_path()
+                .map_err(|_| OpenError::FileUrlNotAbsolute {
+                    url: super::redact(spec),
+                })?;
             return local(path);
         }
         "memory" => return local_only(Store::memory()),
@@ -363,6 +369,25 @@ mod tests {
         ] {
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn errors_keep_their_source_and_no_secret() {
+        use std::error::Error as _;
+        let e = open("s3://user:SECRET@[bad/x", &[]).unwrap_err();
+        assert!(matches!(e, OpenError::BadUrl { .. }), "{e:?}");
+        assert!(e.source().is_some(), "the URL parser's error is kept");
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        let e = open("file://relative/path?sig=SECRET", &[]).unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        let redacted = super::super::Redacted::new(&std::io::Error::other(
+            "cannot parse https://acct.blob/c?sig=SECRET",
+        ));
+        assert!(!redacted.to_string().contains("SECRET"), "{redacted}");
+        assert!(
+            redacted.source().is_none(),
+            "the unredacted original is dropped"
+        );
     }
 
     #[test]
