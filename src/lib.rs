@@ -36,7 +36,7 @@
 //! - `cli` (default): the `reporter` binary, with the receiver, clap and a log subscriber. A
 //!   service leaves it out: `default-features = false, features = ["s3", "aws-lc"]`.
 
-#![warn(missing_docs, unreachable_pub)]
+// missing_docs, unreachable_pub and missing_errors_doc are workspace lints (Cargo.toml).
 
 mod build_info;
 #[cfg(feature = "cli")]

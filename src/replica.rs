@@ -265,6 +265,11 @@ impl Default for Options {
 
 impl Options {
     /// Checks every option against its floor and the others.
+    ///
+    /// # Errors
+    ///
+    /// [`OptionError`] for the first option out of its range or at odds with another, naming
+    /// it.
     pub fn validate(&self) -> Result<(), OptionError> {
         if self
             .stats_url

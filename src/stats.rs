@@ -403,6 +403,11 @@ pub struct Registry {
 macro_rules! getter {
     ($(#[$doc:meta])* $fn:ident, $variant:ident, $ty:ty, $kind:literal) => {
         $(#[$doc])*
+        ///
+        /// # Errors
+        ///
+        /// [`RegisterError`] if `name` is empty, reserved for the report's built-in metrics,
+        /// or registered already as another kind.
         pub fn $fn(&self, name: &str) -> Result<Arc<$ty>, RegisterError> {
             match self.get_or_insert(name, || Metric::$variant(Arc::default()))? {
                 Metric::$variant(m) => Ok(m),

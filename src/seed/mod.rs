@@ -24,9 +24,9 @@
 //! adopts the older. So a replica's identity only ever moves to an older one, and the bucket's
 //! seed is only ever replaced by an older one or restored.
 //!
-//! - [`format`]: the object: parsing (Tempo's, Loki's and Mimir's forms), what corruption is,
+//! - `format`: the object: parsing (Tempo's, Loki's and Mimir's forms), what corruption is,
 //!   generating a seed, which identity precedes;
-//! - [`keeper`]: the protocol over the store: agreement, the check that guards it, and the
+//! - `keeper`: the protocol over the store: agreement, the check that guards it, and the
 //!   memory a lost seed is restored from.
 
 mod format;

@@ -1,5 +1,6 @@
 //! Shared test helpers: buckets on every backend, `reporter` processes, a stats receiver.
 #![allow(dead_code)]
+#![allow(unreachable_pub)] // a helper module shared by the test crates, not an API
 
 pub mod gcs_fake;
 pub mod rx;

@@ -72,6 +72,10 @@ fn is_zero(n: &u64) -> bool {
 
 impl LeaseRecord {
     /// Reads a lease record; the error says what is wrong with the bytes.
+    ///
+    /// # Errors
+    ///
+    /// Bytes that are not a lease record's JSON, with serde's account of where.
     pub fn parse(bytes: &[u8]) -> Result<LeaseRecord, serde_json::Error> {
         serde_json::from_slice(bytes)
     }

@@ -29,6 +29,11 @@ pub async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
 
 /// Calls `f` up to `attempts` times while it fails with an error `retryable` accepts, waiting
 /// 200 ms, then four times longer each time. For one-shot commands, which must not wait long.
+///
+/// # Errors
+///
+/// The last error, once `attempts` calls failed or one failed with an error `retryable`
+/// refuses.
 pub async fn a_few_times<T, E>(
     attempts: u32,
     retryable: impl Fn(&E) -> bool,

@@ -213,6 +213,10 @@ impl Drop for InFlight {
 
 /// Binds `addr` and serves until `shutdown` fires, within `limits`. Returns the bound address,
 /// the task, and the server's figures.
+///
+/// # Errors
+///
+/// The address cannot be bound (taken, or not this host's), as the system said.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,

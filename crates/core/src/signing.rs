@@ -59,6 +59,10 @@ struct KeyObject {
 
 impl ClusterKey {
     /// A new key pair from the system's random source.
+    ///
+    /// # Errors
+    ///
+    /// [`SignatureError`] if the system's random source cannot be read.
     pub fn generate() -> Result<Self, SignatureError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| SignatureError::Random(e.to_string()))?;
@@ -74,6 +78,10 @@ impl ClusterKey {
     }
 
     /// Reads the object kept in the bucket.
+    ///
+    /// # Errors
+    ///
+    /// [`SignatureError`] if the bytes are not a key object this crate wrote.
     pub fn parse(bytes: &[u8]) -> Result<Self, SignatureError> {
         let obj: KeyObject =
             serde_json::from_slice(bytes).map_err(|_| SignatureError::Corrupted("not JSON"))?;
@@ -100,6 +108,11 @@ impl ClusterKey {
 }
 
 /// Checks a `Reporter-Signature` header over `body`; the public key it was signed with.
+///
+/// # Errors
+///
+/// [`SignatureError`]: a header that is not `ed25519 key=<hex> sig=<hex>`, or a signature
+/// that does not verify over `body` with that key.
 pub fn verify(header: &str, body: &[u8]) -> Result<[u8; 32], SignatureError> {
     let mut parts = header.split_ascii_whitespace();
     if !parts

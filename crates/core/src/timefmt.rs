@@ -49,6 +49,10 @@ pub fn in_zone_of(t: DateTime<Utc>, like: &DateTime<FixedOffset>) -> DateTime<Fi
 }
 
 /// Parses `500ms`, `2s`, `15m`, `4h`, `1h30m`, `1.5h`, `7d`. Zero and negative are refused.
+///
+/// # Errors
+///
+/// A one-line message saying what is wrong with `s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     if text.is_empty() {

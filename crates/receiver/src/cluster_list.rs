@@ -84,6 +84,10 @@ fn fold(into: &mut HashMap<String, Entry>, e: Entry) {
 }
 
 /// Writes one window's delta (the same bytes again on a redo).
+///
+/// # Errors
+///
+/// What the store said, or [`RollupError`] if the fence finds this process no longer leads.
 pub async fn write_delta(
     store: &Store,
     name: &str,
@@ -136,6 +140,10 @@ async fn read_deltas(store: &Store, keys: &[String]) -> Result<Vec<Option<Delta>
 
 /// Folds the waiting deltas into the base once there are [`COMPACT_AT`] of them (or any, with
 /// `force`); how many it folded.
+///
+/// # Errors
+///
+/// What the store said, or [`RollupError`] if the fence finds this process no longer leads.
 pub async fn compact(store: &Store, force: bool, fence: &Fence<'_>) -> Result<usize, RollupError> {
     let keys = deltas(store).await?;
     if keys.is_empty() || (!force && keys.len() < COMPACT_AT) {
@@ -199,6 +207,10 @@ pub struct View {
 impl View {
     /// Reads what changed under [`PREFIX`] since the last call; `listed` is its listing (key
     /// and modification time).
+    ///
+    /// # Errors
+    ///
+    /// What the store said; the view is left as it was.
     pub async fn refresh(
         &mut self,
         store: &Store,

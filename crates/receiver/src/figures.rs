@@ -349,6 +349,11 @@ const AHEAD_MAX: usize = 10_000;
 
 /// Takes a window's rows into the insights and the cluster list (the rollup calls this once
 /// its Parquet files are written); also takes in earlier reports whose slot is now due.
+///
+/// # Errors
+///
+/// What the store said, or [`RollupError`] if the fence finds this process no longer leads; a
+/// redo of the window takes each report in once.
 pub async fn take_window(
     store: &Store,
     window: &str,
@@ -468,6 +473,11 @@ async fn put_state(
 
 /// Takes a cluster out of every aggregate, writes its tombstone in the cluster list and
 /// removes its state (`reporter forget`); `memo` makes a redone forget take it out once.
+///
+/// # Errors
+///
+/// What the store said, or [`RollupError`] if the fence finds this process no longer leads; a
+/// redo takes the cluster out once.
 pub async fn forget(
     store: &Store,
     cluster: &str,

@@ -66,6 +66,10 @@ async fn delete_all(
 }
 
 /// Removes raw reports of slot days older than `retention`; how many.
+///
+/// # Errors
+///
+/// What the store said; what was removed before stays removed.
 pub async fn expire(
     store: &Store,
     now: DateTime<Utc>,
@@ -114,6 +118,11 @@ pub struct Forgotten {
 
 /// Removes everything the receiver holds of `cluster`. Redone after a crash (with the same
 /// `nonce`), it takes each day's counts back once.
+///
+/// # Errors
+///
+/// What the store said, or [`RollupError`] if the fence finds this process no longer leads;
+/// redone, it finishes the job.
 pub async fn forget(
     store: &Store,
     cluster: &str,
@@ -320,6 +329,11 @@ struct Request {
 /// Asks for `cluster` to be forgotten, and waits up to `wait` for it: carried out by the
 /// running rollup leader, or by this process if it can take the rollup lease (no receiver
 /// running), so that only ever one process writes rollups.
+///
+/// # Errors
+///
+/// [`ForgetError`]: what the store said, or that no receiver carried the request out within
+/// `wait` (it stays in the bucket, for the next rollup leader).
 pub async fn carry_out(
     store: &Store,
     cluster: &str,
@@ -355,6 +369,11 @@ pub async fn carry_out(
 
 /// Carries out every forget request in the bucket (the rollup leader calls this before each
 /// rollup); what each removed.
+///
+/// # Errors
+///
+/// What the store said, or [`RollupError`] if the fence finds this process no longer leads;
+/// requests not carried out stay for the next run.
 pub async fn carry_out_requests(
     store: &Store,
     fence: &Fence<'_>,

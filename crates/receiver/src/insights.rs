@@ -90,7 +90,7 @@ mod compact_numbers {
         }
     }
 
-    pub fn serialize<S: Serializer>(
+    pub(super) fn serialize<S: Serializer>(
         v: &Option<(f64, f64, f64, bool)>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -108,7 +108,7 @@ mod compact_numbers {
 
     type Numbers = Option<(f64, f64, f64, bool)>;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Numbers, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Numbers, D::Error> {
         let v: Option<Vec<Num>> = Option::deserialize(d)?;
         let bad = || serde::de::Error::custom("numbers: [value, count] or [min, max, sum, all01]");
         match v.as_deref() {

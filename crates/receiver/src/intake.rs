@@ -151,6 +151,11 @@ fn time(obj: &Map<String, Value>, key: &'static str) -> Result<DateTime<FixedOff
 }
 
 /// Checks one report's bytes, as received at `now`.
+///
+/// # Errors
+///
+/// [`Invalid`], with what is wrong, in one line: not JSON, a missing or mistyped field, a slot
+/// too far from `now`.
 pub fn parse(bytes: &[u8], now: DateTime<Utc>) -> Result<Received, Invalid> {
     parse_at(bytes, Some(now))
 }
@@ -158,6 +163,10 @@ pub fn parse(bytes: &[u8], now: DateTime<Utc>) -> Result<Received, Invalid> {
 /// Checks the shape of a report already accepted: everything [`parse`] checks but how far its
 /// times are from "now", which intake judged by its own clock (a rollup must not judge them
 /// again by another, or a report accepted at the edge of the window would be dropped).
+///
+/// # Errors
+///
+/// [`Invalid`], with what is wrong, in one line.
 pub fn parse_stored(bytes: &[u8]) -> Result<Received, Invalid> {
     parse_at(bytes, None)
 }
@@ -245,6 +254,10 @@ fn parse_at(bytes: &[u8], now: Option<DateTime<Utc>>) -> Result<Received, Invali
 
 /// Checks an `Idempotency-Key` header against the report: `clusterID/interval/instanceID`,
 /// with the fields as the report spells them.
+///
+/// # Errors
+///
+/// [`Invalid`] if the header does not name this report's cluster, slot and instance.
 pub fn check_idempotency_key(header: &str, bytes: &[u8]) -> Result<(), Invalid> {
     let v: Value = serde_json::from_slice(bytes).map_err(|_| Invalid::NotObject)?;
     let s = |k: &str| {

@@ -167,12 +167,21 @@ pub struct Receiver {
 
 impl Receiver {
     /// Opens the store, binds `listen` and starts serving and rolling up.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError`]: a store URL or option that cannot be used, an option out of range, or
+    /// an address that cannot be bound.
     pub async fn start(o: ReceiverOptions) -> Result<Receiver, ReceiveError> {
         let store = store::open(&o.store, &o.store_options)?;
         Self::start_with(o, store).await
     }
 
     /// As [`Receiver::start`], on a store already open.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError`]: an option out of range, or an address that cannot be bound.
     pub async fn start_with(o: ReceiverOptions, store: Store) -> Result<Receiver, ReceiveError> {
         o.validate()?;
         let health = Arc::new(ReceiverHealth::default());
@@ -332,6 +341,11 @@ pub(crate) async fn as_rollup_leader<T>(
 /// It holds no lease: a run records its window over the state it read before listing, and a
 /// recorded window is redone identically by whoever runs next, so it is safe beside a running
 /// receiver (do not run it at the same moment as `reporter forget`).
+///
+/// # Errors
+///
+/// [`rollup::RollupError`]: what the store said, or a Parquet file that could not be written;
+/// the windows recorded before stay rolled up.
 pub async fn roll_up_all(store: &Store) -> Result<rollup::Outcome, rollup::RollupError> {
     let started = Utc::now();
     let mut total = rollup::Outcome::default();

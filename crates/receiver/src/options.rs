@@ -122,6 +122,10 @@ pub enum ReceiveError {
 
 impl ReceiverOptions {
     /// Checks every option; the first one out of range, in one line.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError::Invalid`] for the first option out of range.
     pub fn validate(&self) -> Result<(), ReceiveError> {
         if !(self.rate_limit > 0.0 && self.rate_limit.is_finite()) {
             return Err(ReceiveError::Invalid(

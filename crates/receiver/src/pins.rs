@@ -91,6 +91,11 @@ impl Pins {
 
     /// Whether a report for `cluster`, signed with `key` (or unsigned), may be stored; pins
     /// `key` if it is the cluster's first signed report.
+    ///
+    /// # Errors
+    ///
+    /// What the store said; a report whose key differs from its cluster's pinned one is `Ok`
+    /// with a refusal, not an error.
     pub async fn check(
         &self,
         store: &Store,

@@ -175,6 +175,11 @@ pub(crate) fn fenced_write(fence: &Fence<'_>) -> Result<(), RollupError> {
 }
 
 /// One rollup run at `now`: redoes the recorded window if there is one, else takes the next.
+///
+/// # Errors
+///
+/// [`RollupError`]: what the store said, a Parquet file that could not be written, or the fence
+/// finding this process no longer leads; the recorded window is redone by the next run.
 pub async fn run_once(
     store: &Store,
     now: DateTime<Utc>,

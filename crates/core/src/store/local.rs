@@ -39,6 +39,10 @@ pub struct LocalDir {
 
 impl LocalDir {
     /// A store rooted at `root` (made absolute; created on the first write).
+    ///
+    /// # Errors
+    ///
+    /// The working directory cannot be read, for a relative `root`.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         let root = if root.is_absolute() {

@@ -391,22 +391,42 @@ impl Store {
     }
 
     /// Reads an object of at most 1 MiB.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] if no object is at `key`, [`StoreError::TooLarge`] past 1 MiB,
+    /// or what the store or the network said.
     pub async fn get(&self, key: &str) -> Result<Object, StoreError> {
         self.get_limited(key, MAX_OBJECT_BYTES).await
     }
 
     /// Reads an object of at most `limit` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] if no object is at `key`, [`StoreError::TooLarge`] past
+    /// `limit`, or what the store or the network said.
     pub async fn get_limited(&self, key: &str, limit: usize) -> Result<Object, StoreError> {
         self.call("get", key, self.backend.get(key, limit)).await
     }
 
     /// Create-if-absent.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyExists`] if an object is already there (a lost race), or what the
+    /// store or the network said.
     pub async fn create(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Version, StoreError> {
         self.call("create", key, self.backend.create(key, bytes.into()))
             .await
     }
 
     /// Compare-and-swap against `expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Precondition`] if the object changed since `expected` was read (a lost
+    /// race), [`StoreError::NotFound`] if it is gone, or what the store or the network said.
     pub async fn update(
         &self,
         key: &str,
@@ -422,6 +442,11 @@ impl Store {
     }
 
     /// Every key under `prefix`, sorted.
+    ///
+    /// # Errors
+    ///
+    /// What the store or the network said; a prefix with nothing under it is an empty list, not
+    /// an error.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
             .entries(prefix)
@@ -432,27 +457,48 @@ impl Store {
     }
 
     /// Every object under `prefix` with its time and size, sorted by key.
+    ///
+    /// # Errors
+    ///
+    /// What the store or the network said; a prefix with nothing under it is an empty list, not
+    /// an error.
     pub async fn entries(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         self.call("list", prefix, self.backend.list(prefix)).await
     }
 
     /// Writes `bytes` unconditionally (content that is the same on every retry).
+    ///
+    /// # Errors
+    ///
+    /// What the store or the network said.
     pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Version, StoreError> {
         self.call("put", key, self.backend.put(key, bytes.into()))
             .await
     }
 
     /// Deletes an object; no error if it is not there.
+    ///
+    /// # Errors
+    ///
+    /// What the store or the network said; an absent object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.call("delete", key, self.backend.delete(key)).await
     }
 
     /// As [`Store::exists`], for a key made on the spot.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::exists`].
     pub async fn exists_owned(&self, key: String) -> Result<bool, StoreError> {
         self.exists(&key).await
     }
 
     /// Whether an object is at `key` (its bytes are not read).
+    ///
+    /// # Errors
+    ///
+    /// What the store or the network said; an absent object is `Ok(false)`.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self.get_limited(key, 0).await {
             Ok(_) | Err(StoreError::TooLarge { .. }) | Err(StoreError::NotRegular { .. }) => {

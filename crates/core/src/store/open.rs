@@ -132,6 +132,10 @@ fn warn_aws_profile() {
 }
 
 /// Splits `key=value`.
+///
+/// # Errors
+///
+/// [`OpenError::BadOption`] if there is no `=` or the key is empty.
 pub fn parse_option(s: &str) -> Result<(String, String), OpenError> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_ascii_lowercase(), v.to_string())),
@@ -208,6 +212,12 @@ fn not_built(url: &Url, feature: &'static str) -> OpenError {
 }
 
 /// Opens the store `spec` points at. Nothing is read or written here.
+///
+/// # Errors
+///
+/// [`OpenError`], in one line: an empty, malformed or unsupported URL, a cloud URL without its
+/// bucket, an option its client does not know (its value never shown), options for a local
+/// store, a path that is not a directory, or a client that refuses its configuration.
 pub fn open(spec: &str, options: &[(String, String)]) -> Result<Store, OpenError> {
     crate::install_crypto_provider();
     let spec = spec.trim();

@@ -175,6 +175,11 @@ pub const SELFTEST: &str = "usage/selftest/";
 /// Runs the self-test, retrying passing store failures with backoff (logging what the store
 /// said, once per kind of failure) until it passes, finds the store read-only, finds it
 /// unusable (unsafe, missing, or denying everything), or `shutdown` fires.
+///
+/// # Errors
+///
+/// [`SelfTestError`]: the store ignores conditional writes (unsafe: two leaders could be
+/// elected), the bucket does not exist, every call is denied, or `shutdown` fired first.
 pub async fn check(store: &Store, shutdown: &CancellationToken) -> Result<Access, SelfTestError> {
     let key = format!("{}{}.json", SELFTEST, uuid::Uuid::new_v4().simple());
     let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(60));
