@@ -38,6 +38,11 @@ impl BuildInfo {
     }
 
     /// A service's own version; the other fields default to unknown/empty.
+    ///
+    /// ```
+    /// let build = usage_reporter::BuildInfo::service("2.4.1");
+    /// assert_eq!(build.version, "2.4.1");
+    /// ```
     pub fn service(version: impl Into<String>) -> Self {
         BuildInfo {
             version: version.into(),

@@ -453,6 +453,19 @@ impl ReplicaBuilder {
     /// GCS, Azure or memory, as object_store builds them. [`start`](Self::start) refuses
     /// object_store's `LocalFileSystem`, which cannot compare-and-swap: for a directory give
     /// its path to [`store`](Self::store) instead, which uses this crate's own local backend.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use object_store::memory::InMemory; // or the service's AmazonS3, GoogleCloudStorage...
+    ///
+    /// let store: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+    /// let replica = usage_reporter::ReplicaBuilder::new()
+    ///     .object_store(store, "usage")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn object_store(
         mut self,
         store: Arc<dyn object_store::ObjectStore>,
@@ -496,6 +509,22 @@ impl ReplicaBuilder {
     }
 
     /// Checks the options, binds the endpoint and starts the replica's background work.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), usage_reporter::StartError> {
+    /// use std::time::Duration;
+    /// use usage_reporter::{BuildInfo, ReplicaBuilder};
+    ///
+    /// let replica = ReplicaBuilder::new()
+    ///     .store("/var/lib/my-service/usage") // or s3://bucket/prefix, gs://, az://
+    ///     .target("querier")
+    ///     .build_info(BuildInfo::service(env!("CARGO_PKG_VERSION")))
+    ///     .interval(Duration::from_secs(4 * 3600))
+    ///     .start()
+    ///     .await?;
+    /// println!("serving the report on {}", replica.local_addr());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -755,6 +784,12 @@ impl Replica {
 
     /// `GET /healthz` and `GET /ready` (see the crate's README), to merge into the service's
     /// router if it has no such routes of its own.
+    ///
+    /// ```no_run
+    /// # fn demo(replica: &usage_reporter::Replica, app: axum::Router) -> axum::Router {
+    /// app.merge(replica.health_routes())
+    /// # }
+    /// ```
     pub fn health_routes(&self) -> axum::Router {
         http::health_router(self.source.is_some(), self.health.clone())
     }
@@ -774,6 +809,17 @@ impl Replica {
     /// Resolves if the replica hits an error it cannot work past (a store that cannot do
     /// conditional writes, a seed that cannot be agreed on); pending for ever otherwise. The
     /// future borrows nothing, so it can be a server's graceful-shutdown signal.
+    ///
+    /// ```no_run
+    /// # async fn demo(replica: usage_reporter::Replica) {
+    /// let failed = replica.failed();
+    /// tokio::spawn(async move {
+    ///     let fatal = failed.await;
+    ///     // Reporting has stopped; the service goes on. Tell the operator.
+    ///     eprintln!("usage reporting stopped: {fatal}");
+    /// });
+    /// # }
+    /// ```
     pub fn failed(&self) -> impl std::future::Future<Output = Fatal> + Send + 'static {
         self.watched.store(true, Ordering::Relaxed);
         let mut fatal = self.fatal.clone();
@@ -792,6 +838,18 @@ impl Replica {
 
     /// Stops everything, a leader releasing its lease first, waiting at most
     /// [`SHUTDOWN_WAIT`] (a store that does not answer cannot hold a service's shutdown).
+    ///
+    /// ```no_run
+    /// # async fn demo(replica: usage_reporter::Replica, app: axum::Router) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await?;
+    /// replica.shutdown().await; // the lease is released: a follower leads at once
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         let tasks = std::mem::take(&mut self.tasks);

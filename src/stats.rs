@@ -3,7 +3,7 @@
 //! Kinds, as in Loki's and Tempo's usage stats:
 //! - [`StringVar`], [`IntVar`], [`FloatVar`]: last value wins.
 //! - [`Counter`]: `{"total": int, "rate": float}`, rate = total / seconds since the previous slot;
-//!   both reset only when a slot's report is frozen ([`Registry::freeze`]).
+//!   both reset only when a slot's report is frozen (by the replica, at each slot).
 //! - [`Statistics`]: `{"min","max","avg","count","stddev","stdvar"}` with population variance
 //!   from Welford's online update, min/max omitted while empty, never reset.
 //! - [`WordCounter`]: how many distinct words were seen, never reset. It keeps a 64-bit hash per
@@ -173,7 +173,7 @@ impl Counter {
     }
     /// `{"total","rate"}` of the slot that ends now, and a fresh start. Every increment lands
     /// in exactly one slot: the shards are swapped to zero one by one.
-    pub fn freeze(&self, now: Instant) -> Value {
+    pub(crate) fn freeze(&self, now: Instant) -> Value {
         let mut since = lock(&self.since);
         let total = self
             .shards
@@ -474,7 +474,7 @@ impl Registry {
     }
 
     /// Every metric's value for the slot that ends `now`; counters restart from zero.
-    pub fn freeze(&self, now: Instant) -> Map<String, Value> {
+    pub(crate) fn freeze(&self, now: Instant) -> Map<String, Value> {
         self.all()
             .into_iter()
             .map(|(k, m)| {
@@ -489,6 +489,17 @@ impl Registry {
 }
 
 /// The process-wide registry; a replica built without a registry of its own reports it.
+///
+/// ```
+/// use usage_reporter::stats;
+///
+/// let queries = stats::global().counter("queries_total")?;
+/// queries.inc(); // a few nanoseconds: the hot path touches one atomic
+/// stats::global().string("storage_backend")?.set("s3");
+/// stats::global().int("ring_replication_factor")?.set(3);
+/// assert_eq!(queries.total(), 1);
+/// # Ok::<(), usage_reporter::stats::RegisterError>(())
+/// ```
 pub fn global() -> &'static Arc<Registry> {
     static GLOBAL: OnceLock<Arc<Registry>> = OnceLock::new();
     GLOBAL.get_or_init(|| Arc::new(Registry::new()))

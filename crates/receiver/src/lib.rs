@@ -168,6 +168,22 @@ pub struct Receiver {
 impl Receiver {
     /// Opens the store, binds `listen` and starts serving and rolling up.
     ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), usage_reporter_receiver::ReceiveError> {
+    /// use usage_reporter_receiver::{Receiver, ReceiverOptions};
+    ///
+    /// let receiver = Receiver::start(ReceiverOptions {
+    ///     store: "s3://usage-reports/v1".into(),
+    ///     min_clusters: 10,
+    ///     ..ReceiverOptions::default()
+    /// })
+    /// .await?;
+    /// eprintln!("receiving on {}", receiver.local_addr());
+    /// let why = receiver.failed().await; // only what no retry can fix
+    /// eprintln!("receiver stopped: {why}");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ReceiveError`]: a store URL or option that cannot be used, an option out of range, or

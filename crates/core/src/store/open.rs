@@ -213,6 +213,16 @@ fn not_built(url: &Url, feature: &'static str) -> OpenError {
 
 /// Opens the store `spec` points at. Nothing is read or written here.
 ///
+/// ```
+/// use usage_reporter_core::store;
+///
+/// let dir = store::open("/var/lib/reporter", &[])?;
+/// assert_eq!(dir.describe(), "file:///var/lib/reporter");
+/// let err = store::open("s3://bucket/prefix", &[("no_such".into(), "x".into())]).unwrap_err();
+/// assert!(err.to_string().contains("no_such"));
+/// # Ok::<(), store::OpenError>(())
+/// ```
+///
 /// # Errors
 ///
 /// [`OpenError`], in one line: an empty, malformed or unsupported URL, a cloud URL without its
