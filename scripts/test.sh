@@ -113,5 +113,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps
 log "cargo test"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
-log "cargo publish --workspace --dry-run (packaging and metadata of every crate)"
-cargo publish --quiet --workspace --dry-run --allow-dirty --no-verify
+log "cargo publish --workspace --dry-run (every crate packaged, then built from its package alone)"
+cargo publish --quiet --workspace --dry-run --allow-dirty
