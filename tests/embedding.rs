@@ -1,6 +1,8 @@
 //! The library embedded as the README shows: a service's own axum router, its own
 //! `Arc<dyn ObjectStore>` (moto S3 where the test script started it, else object_store's
-//! memory store), its own tracing subscriber; three instances on one store.
+//! memory store), its own tracing subscriber, its own Prometheus registry; three instances on
+//! one store in this process, then three processes of `examples/axum_service.rs` on one moto
+//! bucket, their leader killed.
 
 mod common;
 
@@ -239,4 +241,156 @@ async fn a_dropped_replica_stops_writing() {
         .iter()
         .any(|p| common::key(p).2 == kept_id.as_str()));
     kept.shutdown().await;
+}
+
+/// The example service (`examples/axum_service.rs`), which `cargo test --all-targets` builds
+/// beside the tests; `None` if this run built no examples.
+fn example_service() -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(common::bin())
+        .parent()?
+        .join("examples")
+        .join("axum_service");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_err(),
+        "{} is missing: the test script runs cargo test --all-targets, which builds it",
+        path.display()
+    );
+    eprintln!("SKIPPED: the example service is not built (cargo test --all-targets builds it)");
+    None
+}
+
+/// The example service's `/metrics` says it leads.
+async fn leads(addr: SocketAddr) -> bool {
+    common::metrics(addr)
+        .await
+        .lines()
+        .any(|l| l == "usage_reporter_leader 1")
+}
+
+/// Three processes of the example service on one moto bucket: one leads; SIGKILLed, another
+/// leads within the lease TTL (1 s, 10 s allowed for a loaded machine); every slot holds the
+/// survivors' reports, none sent more than twice (a kill between a POST and its record may
+/// repeat that slot's reports, 3 at most), and SIGINT stops the others cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_of_the_example_service_survive_their_leader_being_killed() {
+    let Some(program) = example_service() else {
+        return;
+    };
+    let Ok(endpoint) = std::env::var("REPORTER_TEST_S3_ENDPOINT") else {
+        assert!(std::env::var("CI").is_err(), "CI runs this on moto");
+        eprintln!("SKIPPED: processes on one bucket need moto (REPORTER_TEST_S3_ENDPOINT)");
+        return;
+    };
+    let bucket = std::env::var("REPORTER_TEST_S3_BUCKET").unwrap_or("reporter-test".into());
+    let receiver = Receiver::start().await;
+    let (url, prefix) = (
+        receiver.url(),
+        format!("example-{}", uuid::Uuid::new_v4().simple()),
+    );
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_BUCKET_NAME", bucket.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", common::SECRET),
+        ("USAGE_STATS_URL", url.as_str()),
+        ("USAGE_PREFIX", prefix.as_str()),
+        ("USAGE_INTERVAL_SECS", "1"),
+        ("USAGE_LEASE_TTL_SECS", "1"),
+    ];
+    let mut procs: Vec<_> = (0..3)
+        .map(|_| common::Proc::spawn_program(&program, &["127.0.0.1:0"], &env))
+        .collect();
+    let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.logged_addr("serving")).collect();
+    let mut ids = Vec::new();
+    for addr in &addrs {
+        let report = common::get_json(*addr, "/status/usage-stats").await;
+        ids.push(
+            report["instanceID"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    eventually(Duration::from_secs(60), "three slots delivered", || async {
+        common::slots_in(&receiver.posts()) >= 3
+    })
+    .await;
+    let leader = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(10), "one leader", || async {
+        for (i, addr) in addrs.iter().enumerate() {
+            if leads(*addr).await {
+                *leader.lock().unwrap() = Some(i);
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let killed = leader.into_inner().unwrap().expect("a leader");
+    procs[killed].signal(libc::SIGKILL);
+    let _ = procs[killed].wait_exit(Duration::from_secs(5));
+    let slots_at_kill = common::slots_in(&receiver.posts());
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    eventually(Duration::from_secs(10), "a new leader", || async {
+        for i in &survivors {
+            if leads(addrs[*i]).await {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    eventually(Duration::from_secs(60), "three more slots", || async {
+        common::slots_in(&receiver.posts()) >= slots_at_kill + 3
+    })
+    .await;
+    for i in &survivors {
+        procs[*i].signal(libc::SIGINT);
+    }
+    for i in &survivors {
+        let status = procs[*i].wait_exit(Duration::from_secs(15));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{}",
+            procs[*i].log()
+        );
+    }
+
+    let posts = receiver.posts();
+    let mut counts: std::collections::HashMap<common::Key, usize> = Default::default();
+    let mut by_slot: std::collections::BTreeMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for p in &posts {
+        let k = common::key(p);
+        *counts.entry(k.clone()).or_default() += 1;
+        by_slot.entry(k.1).or_default().insert(k.2);
+    }
+    let repeats: usize = counts.values().map(|c| c - 1).sum();
+    assert!(
+        counts.values().all(|c| *c <= 2),
+        "sent three times: {counts:?}"
+    );
+    assert!(repeats <= 3, "{repeats} repeats for one kill");
+    // Every slot but the first and the last (half-delivered when the wait ended) holds both
+    // survivors' reports, before the kill and after it.
+    let slots: Vec<_> = by_slot.keys().cloned().collect();
+    for slot in &slots[1..slots.len() - 1] {
+        for i in &survivors {
+            assert!(
+                by_slot[slot].contains(&ids[*i]),
+                "slot {slot} lacks the report of survivor {}",
+                ids[*i]
+            );
+        }
+    }
+    assert!(
+        by_slot.values().any(|s| s.contains(&ids[killed])),
+        "the killed leader's reports were delivered before it died"
+    );
 }

@@ -225,6 +225,17 @@ impl Proc {
         (Self::spawn_cmd(cmd, args), exe_dir)
     }
 
+    /// Another program (an example service), with these environment variables set.
+    pub fn spawn_program<S: AsRef<str>>(
+        program: &std::path::Path,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut cmd = Command::new(program);
+        cmd.envs(env.iter().copied());
+        Self::spawn_cmd(cmd, args)
+    }
+
     fn spawn_cmd<S: AsRef<str>>(mut cmd: Command, args: &[S]) -> Proc {
         cmd.args(args.iter().map(|a| a.as_ref()))
             .env("RUST_LOG", "info")
