@@ -1,6 +1,6 @@
 //! Records what the version block of a report says about this build: git revision and branch
-//! (when built from a checkout), the compiler's version and the build date. Never the user or
-//! host that built it.
+//! (when built from this crate's own checkout), the compiler's version and the build date.
+//! Never the user or host that built it, nor the revision of a repository it is vendored in.
 use std::process::Command;
 
 fn run(cmd: &str, args: &[&str]) -> Option<String> {
@@ -12,6 +12,22 @@ fn run(cmd: &str, args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Git's answer about this crate's own checkout: only when the repository's top level is the
+/// package itself. Built as a path dependency inside a service's repository, or vendored, the
+/// repository is the service's, and its revision and branch name are not ours to report.
+fn git(args: &[&str]) -> Option<String> {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").ok()?;
+    let top = run("git", &["-C", &manifest, "rev-parse", "--show-toplevel"])?;
+    let same = std::fs::canonicalize(&top).ok()? == std::fs::canonicalize(&manifest).ok()?;
+    let mut full = vec!["-C", manifest.as_str()];
+    full.extend_from_slice(args);
+    if same {
+        run("git", &full)
+    } else {
+        None
+    }
+}
+
 fn main() {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
     let rust_version = run(&rustc, &["--version"])
@@ -19,11 +35,11 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_string());
     let revision = std::env::var("REPORTER_BUILD_REVISION")
         .ok()
-        .or_else(|| run("git", &["rev-parse", "--short=10", "HEAD"]))
+        .or_else(|| git(&["rev-parse", "--short=10", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_string());
     let branch = std::env::var("REPORTER_BUILD_BRANCH")
         .ok()
-        .or_else(|| run("git", &["rev-parse", "--abbrev-ref", "HEAD"]))
+        .or_else(|| git(&["rev-parse", "--abbrev-ref", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_string());
     let date = std::env::var("SOURCE_DATE_EPOCH")
         .ok()

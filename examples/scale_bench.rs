@@ -90,6 +90,11 @@ async fn store_requests(addr: &str) -> u64 {
         Some(t) => t.await.unwrap_or_default(),
         None => String::new(),
     };
+    requests_in(&text)
+}
+
+/// The store requests a `/metrics` text counts, all operations and outcomes.
+fn requests_in(text: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with("usage_reporter_store_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -181,14 +186,16 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
                 .expect("replica"),
         );
     }
-    let seed = loop {
-        let known = replicas.iter().all(|r| r.health().seed_known());
-        if let (true, Some(seed)) = (known, replicas.iter().find_map(|r| r.source()?.seed())) {
-            break seed;
+    let created = loop {
+        let known = replicas.iter().all(|r| r.cluster_id().is_some());
+        let created = replicas[0]
+            .report()
+            .and_then(|r| usage_reporter_core::timefmt::parse_rfc3339(r["createdAt"].as_str()?));
+        if let (true, Some(created)) = (known, created) {
+            break created;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let created = seed.created_at();
     // The first slot that starts after every replica knows the seed.
     let target = slots::next_slot(
         &created,
@@ -207,7 +214,7 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let before = store_requests(&addr).await;
     let before_inproc: Vec<u64> = replicas
         .iter()
-        .map(|r| r.health().store_requests_total())
+        .map(|r| requests_in(&r.metrics().render()))
         .collect();
     let due_at = Instant::now() + (due - Utc::now()).to_std().unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -233,11 +240,11 @@ async fn slot(n: usize, store_url: &str, opts: Vec<(String, String)>) {
     let still_leader = is_leader(&addr).await;
     let mut measured = true;
     if !still_leader || after == before {
-        match replicas.iter().position(|r| r.health().is_leader()) {
+        match replicas.iter().position(|r| r.is_leader()) {
             Some(i) => {
                 eprintln!("the lease moved into the benchmark process; counting replica {i}");
                 before = before_inproc[i];
-                after = replicas[i].health().store_requests_total();
+                after = requests_in(&replicas[i].metrics().render());
             }
             None => {
                 eprintln!(

@@ -100,6 +100,12 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 log "cargo check of the library as a service embeds it: no default features, then S3 with ring"
 cargo check --quiet -p usage-reporter --no-default-features
 cargo check --quiet -p usage-reporter --no-default-features --features s3,ring
+# What an embedder compiles: none of the receiver's, the CLI's or the log subscriber's crates.
+forbidden="$(cargo tree -p usage-reporter --no-default-features --features s3,aws-lc -e normal --prefix none \
+  | { grep -E '^(parquet|arrow(-[a-z]+)?|clap|tracing-subscriber|flatbuffers) ' || true; } | sort -u)"
+if [ -n "$forbidden" ]; then
+  log "an embedder with default features off compiles crates it never uses:"; echo "$forbidden" >&2; exit 1
+fi
 if [ ! -x "$cache/cargo/bin/cargo-deny" ]; then
   log "installing cargo-deny into $cache/cargo (about 2 minutes, once)"
   cargo install --quiet --locked cargo-deny@0.20.2 --root "$cache/cargo"

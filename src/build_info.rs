@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The report's `version` block, in Tempo's key order and spelling.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BuildInfo {
     /// The crate version (or the embedding service's).
     pub version: String,

@@ -92,7 +92,10 @@ pub(crate) fn usage_stats_route<S: Clone + Send + Sync + 'static>(
 }
 
 /// `/healthz` and `/ready`.
-pub(crate) fn health_router(enabled: bool, health: Arc<Health>) -> Router {
+pub(crate) fn health_router<S: Clone + Send + Sync + 'static>(
+    enabled: bool,
+    health: Arc<Health>,
+) -> Router<S> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/ready", get(ready))

@@ -326,7 +326,7 @@ impl Options {
     }
 
     /// How the leader delivers, with the derived defaults filled in.
-    pub fn delivery(&self) -> DeliveryConfig {
+    pub(crate) fn delivery(&self) -> DeliveryConfig {
         DeliveryConfig {
             stats_url: self.stats_url.clone(),
             interval: self.interval,
@@ -537,7 +537,8 @@ impl ReplicaBuilder {
         self.options.validate()?;
         if let Some(s) = &self.store {
             let described = s.describe();
-            if described.starts_with("LocalFileSystem") {
+            // object_store names its local store, and wrappers such as LimitStore name it too.
+            if described.contains("LocalFileSystem") {
                 return Err(StartError::NoConditionalWrites(format!(
                     "object_store's {described}"
                 )));
@@ -580,8 +581,10 @@ impl ReplicaBuilder {
 
         // The store call deadline must leave the lease room to renew before it expires.
         let deadline = store::DEFAULT_TIMEOUT.min(o.lease_ttl / 4);
+        // A handle of its own over the backend: this replica's request counts are its own,
+        // even when a caller gives several replicas one `Store`.
         let store = match self.store {
-            Some(s) => s,
+            Some(s) => Store::new(s.backend().clone()),
             None => store::open(&o.store, &o.store_options)?,
         }
         .with_timeout(deadline)
@@ -778,7 +781,7 @@ impl Replica {
     /// axum::Router::new().route("/status/usage-stats", replica.usage_stats())
     /// # }
     /// ```
-    pub fn usage_stats(&self) -> axum::routing::MethodRouter {
+    pub fn usage_stats<S: Clone + Send + Sync + 'static>(&self) -> axum::routing::MethodRouter<S> {
         http::usage_stats_route(self.source.clone())
     }
 
@@ -790,20 +793,8 @@ impl Replica {
     /// app.merge(replica.health_routes())
     /// # }
     /// ```
-    pub fn health_routes(&self) -> axum::Router {
+    pub fn health_routes<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         http::health_router(self.source.is_some(), self.health.clone())
-    }
-
-    /// The report builder, for the crate's own tests and benchmarks.
-    #[doc(hidden)]
-    pub fn source(&self) -> Option<&Arc<ReportSource>> {
-        self.source.as_ref()
-    }
-
-    /// The reporter's own figures, for the crate's own tests and benchmarks.
-    #[doc(hidden)]
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
     }
 
     /// Resolves if the replica hits an error it cannot work past (a store that cannot do

@@ -236,10 +236,23 @@ async fn a_dropped_replica_stops_writing() {
         before.len(),
         after.len()
     );
-    let posts_after = receiver.posts();
-    assert!(posts_after
-        .iter()
-        .any(|p| common::key(p).2 == kept_id.as_str()));
+    // The dropped one no longer renews the lease: the survivor leads within a TTL (1 s) or
+    // two, and delivers its own reports of slots after the drop.
+    eventually(Duration::from_secs(10), "the survivor leads", || async {
+        kept.is_leader()
+    })
+    .await;
+    let delivered = |posts: &[common::Post]| {
+        posts
+            .iter()
+            .filter(|p| common::key(p).2 == kept_id.as_str())
+            .count()
+    };
+    let at_lead = delivered(&receiver.posts());
+    eventually(Duration::from_secs(30), "the survivor delivers", || async {
+        delivered(&receiver.posts()) > at_lead
+    })
+    .await;
     kept.shutdown().await;
 }
 

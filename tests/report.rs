@@ -237,7 +237,15 @@ async fn counter_rate_is_measured_and_reads_change_nothing() {
     let elapsed = started.elapsed().as_secs_f64();
     assert!(last_rate >= 500.0 / (elapsed + 1.0), "{last_rate}");
     // Freezing the slot resets it; reading again shows the fresh slot.
-    let frozen = r.source().unwrap().freeze(chrono::Utc::now());
+    // A slot frozen over the same registry (as the replica freezes one at each slot).
+    let slot = ReportSource::new(
+        "ingester".into(),
+        BuildInfo::reporter(),
+        Duration::from_secs(3600),
+        registry.clone(),
+        Vec::new(),
+    );
+    let frozen = slot.freeze(chrono::Utc::now());
     assert_eq!(frozen.metrics["requests"]["total"], json!(500));
     let v = common::get_json(r.local_addr(), "/status/usage-stats").await;
     assert_eq!(v["metrics"]["requests"]["total"], json!(0));

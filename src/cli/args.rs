@@ -207,27 +207,27 @@ pub enum Forwarded {
 
 impl From<ReceiveArgs> for usage_reporter_receiver::ReceiverOptions {
     fn from(a: ReceiveArgs) -> Self {
-        usage_reporter_receiver::ReceiverOptions {
-            store: a.store.store,
-            store_options: a.store.client.store_options,
-            listen: a.listen,
-            read_token: a.read_token.filter(|t| !t.is_empty()),
-            rollup_every: a.rollup_every.0,
-            settle: a.settle.0,
-            rate_limit: a.rate_limit,
-            rate_burst: a.rate_burst,
-            trusted_proxies: a.trusted_proxies,
-            forwarded_header: match a.forwarded_header {
-                Forwarded::XForwardedFor => crate::net::ForwardedHeader::XForwardedFor,
-                Forwarded::Forwarded => crate::net::ForwardedHeader::Forwarded,
-            },
-            max_connections: a.max_connections,
-            max_client_connections: a.max_client_connections,
-            request_timeout: a.request_timeout.0,
-            max_instances: a.max_instances,
-            retention: a.retention.map(|d| d.0),
-            min_clusters: a.min_clusters,
-        }
+        let mut o = usage_reporter_receiver::ReceiverOptions::default();
+        o.store = a.store.store;
+        o.store_options = a.store.client.store_options;
+        o.listen = a.listen;
+        o.read_token = a.read_token.filter(|t| !t.is_empty());
+        o.rollup_every = a.rollup_every.0;
+        o.settle = a.settle.0;
+        o.rate_limit = a.rate_limit;
+        o.rate_burst = a.rate_burst;
+        o.trusted_proxies = a.trusted_proxies;
+        o.forwarded_header = match a.forwarded_header {
+            Forwarded::XForwardedFor => crate::net::ForwardedHeader::XForwardedFor,
+            Forwarded::Forwarded => crate::net::ForwardedHeader::Forwarded,
+        };
+        o.max_connections = a.max_connections;
+        o.max_client_connections = a.max_client_connections;
+        o.request_timeout = a.request_timeout.0;
+        o.max_instances = a.max_instances;
+        o.retention = a.retention.map(|d| d.0);
+        o.min_clusters = a.min_clusters;
+        o
     }
 }
 

@@ -45,23 +45,23 @@ pub(crate) use vet::{vet, Rejection, Verdict};
 
 /// How the leader delivers.
 #[derive(Debug, Clone)]
-pub struct DeliveryConfig {
+pub(crate) struct DeliveryConfig {
     /// Where reports go; `None` keeps them in the bucket.
-    pub stats_url: Option<Url>,
+    pub(crate) stats_url: Option<Url>,
     /// The report period.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// How long after a slot its reports are left to arrive.
-    pub collect_delay: Duration,
+    pub(crate) collect_delay: Duration,
     /// Undelivered reports older than this are dropped.
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
     /// Delivered reports are deleted after this.
-    pub retention: Duration,
+    pub(crate) retention: Duration,
     /// POST attempts per report in one pass.
-    pub attempts: usize,
+    pub(crate) attempts: usize,
     /// The deadline of one POST, connection included (`--post-timeout`).
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Reports a pass reads, POSTs and records at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 /// Whether this replica may act as leader at this instant, and in which term: asked before

@@ -91,6 +91,7 @@ impl LeaseRecord {
 
 /// The lease's timing, all derived from the TTL.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct LeaseConfig {
     /// How long an observer waits for a change before taking over.
     pub ttl: Duration,

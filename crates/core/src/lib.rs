@@ -15,6 +15,14 @@
 
 // missing_docs, unreachable_pub and missing_errors_doc are workspace lints (Cargo.toml).
 
+#[cfg(all(
+    any(feature = "s3", feature = "gcs", feature = "azure"),
+    not(any(feature = "aws-lc", feature = "ring"))
+))]
+compile_error!(
+    "the cloud stores (features \"s3\", \"gcs\", \"azure\") speak HTTPS: enable \"aws-lc\" or \"ring\" beside them"
+);
+
 pub mod clock;
 pub mod lease;
 pub mod metrics;

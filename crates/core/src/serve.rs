@@ -28,6 +28,7 @@ use crate::net::Cidr;
 /// How a server bounds its clients, so that idle, slow or many connections cannot keep a
 /// legitimate request waiting.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Connections at once. Past three quarters of it, idle connections (kept alive between
     /// requests, or not yet past their headers) are closed, oldest first, down to half; at it,

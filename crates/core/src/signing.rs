@@ -48,7 +48,7 @@ pub enum SignatureError {
     Corrupted(&'static str),
     /// The system's random source failed.
     #[error("cannot draw a new key: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -65,7 +65,7 @@ impl ClusterKey {
     /// [`SignatureError`] if the system's random source cannot be read.
     pub fn generate() -> Result<Self, SignatureError> {
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| SignatureError::Random(e.to_string()))?;
+        getrandom::fill(&mut secret).map_err(SignatureError::Random)?;
         Ok(ClusterKey(SigningKey::from_bytes(&secret)))
     }
 

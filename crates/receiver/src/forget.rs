@@ -300,6 +300,7 @@ fn without(
 
 /// Why a forget request was not carried out.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ForgetError {
     /// Removing failed; the request stays and is carried out again.
     #[error(transparent)]

@@ -28,6 +28,7 @@ const MAX_TEXT: usize = 256;
 
 /// Why a body is not a report; each says what is wrong in one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Invalid {
     /// Not JSON.
     #[error("not JSON: {0}")]

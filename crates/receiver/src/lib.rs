@@ -172,12 +172,10 @@ impl Receiver {
     /// # async fn demo() -> Result<(), usage_reporter_receiver::ReceiveError> {
     /// use usage_reporter_receiver::{Receiver, ReceiverOptions};
     ///
-    /// let receiver = Receiver::start(ReceiverOptions {
-    ///     store: "s3://usage-reports/v1".into(),
-    ///     min_clusters: 10,
-    ///     ..ReceiverOptions::default()
-    /// })
-    /// .await?;
+    /// let mut options = ReceiverOptions::default();
+    /// options.store = "s3://usage-reports/v1".into();
+    /// options.min_clusters = 10;
+    /// let receiver = Receiver::start(options).await?;
     /// eprintln!("receiving on {}", receiver.local_addr());
     /// let why = receiver.failed().await; // only what no retry can fix
     /// eprintln!("receiver stopped: {why}");
@@ -217,12 +215,11 @@ impl Receiver {
             min_clusters: o.min_clusters,
             unsigned: Arc::default(),
         };
-        let limits = usage_reporter_core::serve::Limits {
-            max_connections: o.max_connections,
-            per_client: o.max_client_connections,
-            exempt: o.trusted_proxies.clone(),
-            request_timeout: o.request_timeout,
-        };
+        let mut limits = usage_reporter_core::serve::Limits::default();
+        limits.max_connections = o.max_connections;
+        limits.per_client = o.max_client_connections;
+        limits.exempt = o.trusted_proxies.clone();
+        limits.request_timeout = o.request_timeout;
         let (addr, http, server) =
             usage_reporter_core::serve::serve(o.listen, router(app), limits, shutdown.clone())
                 .await
@@ -274,13 +271,32 @@ impl Receiver {
         }
     }
 
-    /// Stops serving; a rollup in progress stops at its next write, and only then is the lease
-    /// released, so two receivers never roll up at once.
-    pub async fn shutdown(self) {
+    /// Stops serving; a rollup in progress stops at its next write (every write checks the
+    /// fence, which fails once shutdown starts), and only then is the lease released, so two
+    /// receivers never roll up at once. Waits at most [`SHUTDOWN_WAIT`]: a store that does not
+    /// answer cannot hold a process's exit (its lease then expires on its own).
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let tasks = std::mem::take(&mut self.tasks);
+        if tokio::time::timeout(SHUTDOWN_WAIT, futures::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                waited = ?SHUTDOWN_WAIT,
+                "the receiver did not stop in time (the store is not answering); its lease expires on its own"
+            );
         }
+    }
+}
+
+/// How long [`Receiver::shutdown`] waits for serving and rolling up to stop.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+impl Drop for Receiver {
+    /// Stops serving and rolling up, without waiting: as [`Receiver::shutdown`] but unawaited.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -307,6 +323,7 @@ pub enum By<T> {
 
 /// Why a job for the rollup leader was not done.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LeaderError {
     /// The job failed.
     #[error(transparent)]

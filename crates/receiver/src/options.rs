@@ -42,6 +42,7 @@ pub mod defaults {
 
 /// Everything `reporter receive` can set.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReceiverOptions {
     /// The store URL or path.
     pub store: String,

@@ -27,13 +27,22 @@ const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Why a report is refused by the pins.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PinError {
     /// The cluster's key is pinned and the report is not signed by it.
     #[error("{0}")]
     Refused(&'static str),
-    /// The store failed, or holds a pin that cannot be read: nothing is decided.
+    /// The store failed: nothing is decided.
     #[error("cannot read this cluster's pinned key: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
+    /// The store holds a pin that cannot be read: nothing is decided.
+    #[error("the pinned key at {key} {why}")]
+    Unreadable {
+        /// The pin's key.
+        key: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -78,14 +87,15 @@ impl Pins {
                     .ok()
                     .and_then(|p| unhex(&p.ed25519))
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        PinError::Store(format!("{} is corrupted", layout::pin_key(cluster)))
+                    .ok_or_else(|| PinError::Unreadable {
+                        key: layout::pin_key(cluster),
+                        why: "is corrupted",
                     })?;
                 self.remember(cluster, key);
                 Ok(Some(key))
             }
             Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(PinError::Store(e.to_string())),
+            Err(e) => Err(PinError::Store(e)),
         }
     }
 
@@ -125,17 +135,24 @@ impl Pins {
             ed25519: hex(&key),
             pinned_at: crate::timefmt::rfc3339_nano(&chrono::Utc::now()),
         };
-        let bytes = serde_json::to_vec(&pin).map_err(|e| PinError::Store(e.to_string()))?;
+        let bytes = serde_json::to_vec(&pin).map_err(|_| PinError::Unreadable {
+            key: layout::pin_key(cluster),
+            why: "could not be encoded",
+        })?;
         match store.create(&layout::pin_key(cluster), bytes).await {
             Ok(_) => {
                 self.remember(cluster, key);
                 Ok(key)
             }
-            Err(StoreError::AlreadyExists { .. }) => self
-                .read(store, cluster)
-                .await?
-                .ok_or_else(|| PinError::Store("the pin vanished while it was read".into())),
-            Err(e) => Err(PinError::Store(e.to_string())),
+            Err(StoreError::AlreadyExists { .. }) => {
+                self.read(store, cluster)
+                    .await?
+                    .ok_or_else(|| PinError::Unreadable {
+                        key: layout::pin_key(cluster),
+                        why: "vanished while it was read",
+                    })
+            }
+            Err(e) => Err(PinError::Store(e)),
         }
     }
 

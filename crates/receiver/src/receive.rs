@@ -127,12 +127,13 @@ pub(crate) async fn receive(
         Err(pins::PinError::Refused(why)) => {
             return refuse(&app, StatusCode::FORBIDDEN, "not_signed_by_cluster", why)
         }
-        Err(pins::PinError::Store(why)) => {
+        Err(pins::PinError::Store(e)) => return store_failed(&app, &e),
+        Err(e) => {
             return store_failed(
                 &app,
                 &StoreError::Other {
                     key: layout::pin_key(&report.cluster_id),
-                    message: why,
+                    message: e.to_string(),
                 },
             )
         }

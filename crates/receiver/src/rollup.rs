@@ -49,6 +49,7 @@ const CONCURRENCY: usize = 32;
 
 /// Why a run did not finish; the next run redoes its window.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RollupError {
     /// The store failed.
     #[error(transparent)]
