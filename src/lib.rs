@@ -50,6 +50,7 @@ pub mod health;
 pub mod http;
 #[doc(hidden)]
 pub mod layout;
+mod options;
 mod process;
 mod replica;
 #[doc(hidden)]
