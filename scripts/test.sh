@@ -117,6 +117,9 @@ python3 scripts/import-graph.py >/dev/null
 log "cargo doc (no warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps
 log "cargo test"
+# The example service runs as three processes in tests/embedding.rs; `cargo test` builds
+# examples only under hashed names, so build them by name first.
+cargo build --quiet --workspace --examples
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
 log "cargo publish --workspace --dry-run (every crate packaged, then built from its package alone)"

@@ -256,8 +256,8 @@ async fn a_dropped_replica_stops_writing() {
     kept.shutdown().await;
 }
 
-/// The example service (`examples/axum_service.rs`), which `cargo test --all-targets` builds
-/// beside the tests; `None` if this run built no examples.
+/// The example service (`examples/axum_service.rs`), which the test script builds by name
+/// (`cargo build --examples`) before the tests; `None` if it is not built.
 fn example_service() -> Option<std::path::PathBuf> {
     let path = std::path::Path::new(common::bin())
         .parent()?
@@ -268,10 +268,10 @@ fn example_service() -> Option<std::path::PathBuf> {
     }
     assert!(
         std::env::var("REPORTER_TEST_REQUIRE_BACKENDS").is_err(),
-        "{} is missing: the test script runs cargo test --all-targets, which builds it",
+        "{} is missing: the test script builds it (cargo build --examples) before the tests",
         path.display()
     );
-    eprintln!("SKIPPED: the example service is not built (cargo test --all-targets builds it)");
+    eprintln!("SKIPPED: the example service is not built (cargo build --examples builds it)");
     None
 }
 
