@@ -10,11 +10,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use usage_reporter_core::metrics::{encode, label_value, latency_histogram, CONTENT_TYPE};
 use usage_reporter_core::serve::ServerStats;
@@ -204,9 +205,9 @@ struct Insights {
     /// Clusters with a report in the last 7 days.
     active: u64,
     /// Clusters by the version of their latest slot, most first (label values escaped).
-    versions: Vec<(String, u64)>,
+    versions: Vec<([(&'static str, String); 1], u64)>,
     /// Clusters per (key, value) of a categorical metric (escaped).
-    values: Vec<(String, String, u64)>,
+    values: Vec<([(&'static str, String); 2], u64)>,
 }
 
 /// Active clusters, clusters per version and per value of each categorical metric, only what
@@ -215,11 +216,11 @@ struct Insights {
 async fn insights(app: &App) -> Result<Insights, StoreError> {
     let (window, _) = api::insights_of(app, 7).await?;
     let min = app.min_clusters;
-    let mut versions: Vec<(String, u64)> = window
+    let mut versions: Vec<_> = window
         .versions
         .iter()
         .filter(|(_, n)| **n >= min)
-        .map(|(v, n)| (label_value(v), *n))
+        .map(|(v, n)| ([("version", label_value(v))], *n))
         .collect();
     versions.sort_by_key(|v| std::cmp::Reverse(v.1));
     versions.truncate(EXPORT_PER_KEY);
@@ -236,7 +237,7 @@ async fn insights(app: &App) -> Result<Insights, StoreError> {
                 serde_json::Value::String(s) => label_value(s),
                 other => label_value(&other.to_string()),
             };
-            values.push((label_value(key), value, *n));
+            values.push(([("key", label_value(key)), ("value", value)], *n));
         }
     }
     Ok(Insights {
@@ -255,33 +256,37 @@ impl Collector for Insights {
             None,
             active.metric_type(),
         )?)?;
-        let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
-        if !self.versions.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "clusters_by_version",
-                "Active clusters (7 days) by the version of their latest slot, versions of at least --min-clusters clusters.",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for (version, n) in &self.versions {
-                let labels = [("version", version.as_str())];
-                gauge(*n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        if !self.values.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "metric_clusters",
-                "Active clusters (7 days) per value of a categorical metric, values of at least --min-clusters clusters.",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for (key, value, n) in &self.values {
-                let labels = [("key", key.as_str()), ("value", value.as_str())];
-                gauge(*n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
+        gauges(
+            &mut encoder,
+            "clusters_by_version",
+            "Active clusters (7 days) by the version of their latest slot, versions of at least --min-clusters clusters.",
+            &self.versions,
+        )?;
+        gauges(
+            &mut encoder,
+            "metric_clusters",
+            "Active clusters (7 days) per value of a categorical metric, values of at least --min-clusters clusters.",
+            &self.values,
+        )
     }
+}
+
+/// One gauge family, a series per label set; nothing at all for no series.
+fn gauges<S: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(S, u64)],
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, n) in series {
+        let gauge = ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX));
+        gauge.encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
 }
 
 /// The receiver's own figures, and the insights for a scraper that may read them (with
