@@ -86,3 +86,41 @@ pub use tasks::Fatal;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// What a service must not be able to do, each checked by a doctest that must not compile.
+///
+/// Reach a running replica's figures (to falsify its own metrics):
+/// ```compile_fail,E0599
+/// # async fn demo(replica: usage_reporter::Replica) {
+/// replica.health().set_leader(true, 1);
+/// # }
+/// ```
+/// Reach its report builder (to change the cluster identity):
+/// ```compile_fail,E0599
+/// # async fn demo(replica: usage_reporter::Replica) {
+/// let _ = replica.source();
+/// # }
+/// ```
+/// Reset the counters a report carries:
+/// ```compile_fail,E0624
+/// let registry = usage_reporter::Registry::new();
+/// registry.freeze(std::time::Instant::now());
+/// ```
+/// Build options field by field, which any new option would break:
+/// ```compile_fail,E0639
+/// let _ = usage_reporter::Options { target: "x".into() };
+/// ```
+/// Match an error exhaustively, which any new variant would break:
+/// ```compile_fail,E0004
+/// fn why(e: usage_reporter::StartError) -> &'static str {
+///     match e {
+///         usage_reporter::StartError::Invalid(_) => "invalid",
+///         usage_reporter::StartError::Store(_) => "store",
+///         usage_reporter::StartError::Client(_) => "client",
+///         usage_reporter::StartError::NoConditionalWrites(_) => "local",
+///         usage_reporter::StartError::Listen { .. } => "listen",
+///     }
+/// }
+/// ```
+#[cfg(doctest)]
+struct SurfaceDoctests;

@@ -48,9 +48,13 @@ async fn service(
 ) -> (Replica, SocketAddr) {
     let registry = Arc::new(Registry::new());
     registry.counter("requests").unwrap().add(3);
+    registry.int("shards").unwrap().add(4);
+    registry.float("load").unwrap().add(0.5);
     let replica = ReplicaBuilder::new()
         .object_store(store, prefix)
         .target("querier")
+        .edition("enterprise")
+        .build_info(usage_reporter::BuildInfo::service("9.9.9"))
         .registry(registry)
         .interval(Duration::from_secs(1))
         .collect_delay(Duration::from_millis(300))
@@ -123,6 +127,10 @@ async fn three_instances_on_their_own_store_and_router_deliver_every_report_once
         assert_eq!(report["instanceID"], id.as_str(), "{report}");
         assert_eq!(report["clusterID"], cluster.as_deref().unwrap(), "{report}");
         assert_eq!(report["metrics"]["requests"]["total"], 3, "{report}");
+        assert_eq!(report["metrics"]["shards"], 4, "{report}");
+        assert_eq!(report["metrics"]["load"], 0.5, "{report}");
+        assert_eq!(report["edition"], "enterprise", "{report}");
+        assert_eq!(report["version"]["version"], "9.9.9", "{report}");
         let own = common::get_text(*addr, "/").await;
         assert_eq!(own, "the service's own route\n");
     }
@@ -143,6 +151,14 @@ async fn three_instances_on_their_own_store_and_router_deliver_every_report_once
     let leaders = services.iter().filter(|(r, _)| r.is_leader()).count();
     assert!(leaders <= 1, "{leaders} leaders at once");
     common::check_once_per_slot(&receiver.posts(), &ids, 4, "embedded");
+    // The User-Agent names the service's version beside the reporter's.
+    let agent = format!(
+        "usage-reporter/{} (service 9.9.9)",
+        env!("CARGO_PKG_VERSION")
+    );
+    for p in receiver.posts() {
+        assert_eq!(p.user_agent, agent);
+    }
     // The service's own `/metrics` shows its families and the reporter's: store requests are
     // counted, the instances delivered reports (never more than the receiver got since), and
     // a real OpenMetrics client reads it all.
